@@ -1,0 +1,89 @@
+//! The device handle: a CUDA context and stream, created through one entry
+//! point that never panics, and a cache of loaded kernel modules.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels::KernelModule;
+use crate::error::{Error, Result};
+
+/// A CUDA device with its stream. Ops on one backend run in stream order.
+#[derive(Debug)]
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl CudaBackend {
+    /// Opens device 0. See [`CudaBackend::try_new_on`].
+    pub fn try_new() -> Result<Self> {
+        Self::try_new_on(0)
+    }
+
+    /// Opens device `ordinal`. Returns [`Error::NoCudaDriver`] when libcuda
+    /// cannot be loaded and [`Error::NoDevice`] when the driver reports no such
+    /// device; never panics, whatever the machine has.
+    pub fn try_new_on(ordinal: usize) -> Result<Self> {
+        // SAFETY: `is_culib_present` only tries to dlopen the driver library;
+        // it must run before any other driver call, which would panic (dynamic
+        // loading) if the library were missing.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoCudaDriver);
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| Error::NoDevice(format!("the driver could not count devices: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} requested, the driver reports {count}"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::NoDevice(format!("could not open device {ordinal}: {e}")))?;
+        let stream = ctx.new_stream()?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op of this backend is launched on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for all work queued on the stream (for tests, benches and reads).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Looks up kernel `name` in `module`, loading the module once.
+    pub(crate) fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
+        let fatbin = module.fatbin.ok_or(Error::KernelsNotBuilt)?;
+        let loaded = {
+            let mut modules = self
+                .modules
+                .lock()
+                .map_err(|_| Error::Cuda("the module cache lock was poisoned".into()))?;
+            match modules.get(module.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
+                    modules.insert(module.name, m.clone());
+                    m
+                }
+            }
+        };
+        Ok(loaded.load_function(name)?)
+    }
+}

@@ -1,0 +1,20 @@
+//! The CUDA backend: a device handle, typed device tensors, the embedded
+//! kernels, and one safe function per op (same name and argument order as the
+//! CPU reference in [`crate::reference`], with the backend first).
+//!
+//! Every wrapper checks shapes, dtypes and index ranges on the host, from
+//! shapes alone, before it launches; nothing here synchronises the host.
+
+mod device;
+mod kernels;
+mod sparse;
+mod tensor;
+mod topology;
+
+pub mod histogram;
+
+pub use device::CudaBackend;
+pub use kernels::{KernelModule, KERNELS_BUILT};
+pub use sparse::{DeviceBlockSparse, DeviceSparseView};
+pub use tensor::{DeviceElement, DeviceTensor};
+pub use topology::{max_padded_tokens, DeviceTopology, CUDA_BLOCK_SIZES};

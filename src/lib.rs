@@ -1,0 +1,23 @@
+//! # dropless
+//!
+//! Block-sparse kernels for dropless Mixture-of-Experts layers, in the line of
+//! MegaBlocks: tokens are sorted by expert, each expert's group is padded to the
+//! block size, and the expert FFNs run as block-sparse products over a
+//! block-diagonal [`Topology`], so no token is dropped and no FLOP is spent on
+//! capacity padding.
+//!
+//! - [`reference`]: the ndarray CPU reference of every op (f32 math).
+//! - [`cuda`]: the CUDA backend (hand-written kernels, safe wrappers).
+//! - [`Topology`] and [`BlockSparse`]: the block-sparse layout.
+
+pub mod cuda;
+pub mod dtype;
+pub mod error;
+pub mod reference;
+pub mod sparse;
+pub mod topology;
+
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use sparse::{BlockSparse, SparseView};
+pub use topology::{Topology, DEFAULT_BLOCK_SIZE};
