@@ -134,8 +134,8 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, require: bool) 
         if !out.status.success() {
             panic!("nvcc failed on cuda/{stem}.cu:\n{stderr}");
         }
-        for line in stderr.lines().filter(|l| has_spill(l)) {
-            let msg = format!("register spill in cuda/{stem}.cu: {}", line.trim());
+        for spill in spills(&stderr) {
+            let msg = format!("register spill in cuda/{stem}.cu: {spill}");
             if require {
                 panic!("DROPLESS_REQUIRE_NVCC=1 forbids spills: {msg}");
             }
@@ -145,10 +145,26 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, require: bool) 
     fs::write(out_dir.join("ptxas-report.txt"), report).expect("write ptxas report");
 }
 
-/// A ptxas `-v` line reporting non-zero spill stores or loads.
-fn has_spill(line: &str) -> bool {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(3)
-        .any(|w| w[1] == "bytes" && w[2] == "spill" && w[0].parse::<u64>().is_ok_and(|n| n > 0))
+/// The spills in a ptxas `-v` report, one line per kernel and architecture:
+/// `name (sm_XX): N bytes spill stores, M bytes spill loads`.
+fn spills(report: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let (mut kernel, mut arch) = (String::new(), String::new());
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let mut parts = rest.split('\'');
+            kernel = parts.next().unwrap_or_default().to_string();
+            arch = parts.nth(1).unwrap_or_default().to_string();
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let spilled = words.windows(3).any(|w| {
+            w[1] == "bytes" && w[2] == "spill" && w[0].parse::<u64>().is_ok_and(|n| n > 0)
+        });
+        if spilled && !line.contains("ptxas warning") {
+            let stats = line.trim().trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+            let stats = stats.trim_start_matches("bytes stack frame, ");
+            found.push(format!("{kernel} ({arch}): {stats}"));
+        }
+    }
+    found
 }

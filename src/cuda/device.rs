@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
@@ -16,6 +17,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    blas: Mutex<Option<Arc<CudaBlas>>>,
 }
 
 impl CudaBackend {
@@ -48,6 +50,7 @@ impl CudaBackend {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         })
     }
 
@@ -65,6 +68,28 @@ impl CudaBackend {
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    /// The cuBLAS handle on this backend's stream, created on first use.
+    /// Returns [`Error::Cublas`] when libcublas cannot be loaded.
+    pub(crate) fn blas(&self) -> Result<Arc<CudaBlas>> {
+        let mut blas = self
+            .blas
+            .lock()
+            .map_err(|_| Error::Cublas("the cuBLAS handle lock was poisoned".into()))?;
+        if let Some(b) = blas.as_ref() {
+            return Ok(b.clone());
+        }
+        // SAFETY: only tries to dlopen libcublas; it must run before any other
+        // cuBLAS call, which would panic (dynamic loading) if it were missing.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Cublas(
+                "libcublas could not be loaded: install the CUDA toolkit's cuBLAS".into(),
+            ));
+        }
+        let b = Arc::new(CudaBlas::new(self.stream.clone())?);
+        *blas = Some(b.clone());
+        Ok(b)
     }
 
     /// Looks up kernel `name` in `module`, loading the module once.

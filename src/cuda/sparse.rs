@@ -45,6 +45,13 @@ impl<T: DeviceElement> DeviceBlockSparse<T> {
         Ok(DeviceBlockSparse { topology, data })
     }
 
+    /// A zero-filled matrix on `topology` (a device memset, no host copy).
+    pub fn zeros(backend: &CudaBackend, topology: Arc<DeviceTopology>) -> Result<Self> {
+        let n = topology.max_blocks() * topology.block_size() * topology.block_size();
+        let data = DeviceTensor::zeros(backend, &[n])?;
+        Ok(DeviceBlockSparse { topology, data })
+    }
+
     /// The topology.
     pub fn topology(&self) -> &Arc<DeviceTopology> {
         &self.topology
