@@ -161,7 +161,9 @@ fn spills(report: &str) -> Vec<String> {
             w[1] == "bytes" && w[2] == "spill" && w[0].parse::<u64>().is_ok_and(|n| n > 0)
         });
         if spilled && !line.contains("ptxas warning") {
-            let stats = line.trim().trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+            let stats = line
+                .trim()
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
             let stats = stats.trim_start_matches("bytes stack frame, ");
             found.push(format!("{kernel} ({arch}): {stats}"));
         }

@@ -80,10 +80,12 @@ fn parse_args() -> Result<Args, String> {
             "--glu" => args.config.mlp = MlpKind::Glu,
             "--plain" => args.config.mlp = MlpKind::Plain,
             "-h" | "--help" => {
-                return Err("usage: dmoe [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
+                return Err(
+                    "usage: dmoe [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
                      [--tokens N] [--hidden H] [--ffn F] [--experts E] [--top-k K] \
                      [--glu|--plain] [--iters N]"
-                    .into())
+                        .into(),
+                )
             }
             other => return Err(format!("unknown flag {other} (try --help)")),
         }
@@ -151,7 +153,9 @@ fn main() -> ExitCode {
             Ok(_) if !dropless::cuda::KERNELS_BUILT => {
                 eprintln!("{}", dropless::Error::KernelsNotBuilt)
             }
-            Ok(_) => eprintln!("a CUDA device is present; the GPU layer path is not wired into this example yet"),
+            Ok(_) => eprintln!(
+                "a CUDA device is present; the GPU layer path is not wired into this example yet"
+            ),
             Err(e) => eprintln!("GPU unavailable ({e}); running on the CPU"),
         }
         if args.device == DeviceChoice::Cuda {

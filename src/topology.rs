@@ -181,7 +181,7 @@ impl Topology {
                     "block column {c} in block row {r} is outside 0..{block_cols}"
                 )));
             }
-            row_indices.extend(std::iter::repeat_n(r as i32, row.len()));
+            row_indices.extend(std::iter::repeat(r as i32).take(row.len()));
         }
         // Transpose: stable counting sort of the blocks by column.
         let mut counts = vec![0i32; block_cols + 1];

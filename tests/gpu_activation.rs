@@ -11,7 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 fn random_values<T: Element>(n: usize, seed: u64) -> Vec<T> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state
@@ -65,16 +67,31 @@ fn check<T: DeviceElement + Element>(backend: &CudaBackend, counts: &[usize], se
     let want: Vec<f32> = fa.iter().map(|&x| gelu_ref(x)).collect();
     assert_close(&got, &want, "gelu");
 
-    let got = gelu_backward(backend, &ddy, &da).unwrap().data().to_host(backend).unwrap();
-    let want: Vec<f32> = fa.iter().zip(&fdy).map(|(&x, &g)| g * gelu_grad(x)).collect();
+    let got = gelu_backward(backend, &ddy, &da)
+        .unwrap()
+        .data()
+        .to_host(backend)
+        .unwrap();
+    let want: Vec<f32> = fa
+        .iter()
+        .zip(&fdy)
+        .map(|(&x, &g)| g * gelu_grad(x))
+        .collect();
     assert_close(&got, &want, "gelu_backward");
 
-    let got = silu_mul(backend, &da, &db).unwrap().data().to_host(backend).unwrap();
+    let got = silu_mul(backend, &da, &db)
+        .unwrap()
+        .data()
+        .to_host(backend)
+        .unwrap();
     let want: Vec<f32> = fa.iter().zip(&fb).map(|(&g, &u)| silu(g) * u).collect();
     assert_close(&got, &want, "silu_mul");
 
     let (gg, gu) = silu_mul_backward(backend, &ddy, &da, &db).unwrap();
-    let (gg, gu) = (gg.data().to_host(backend).unwrap(), gu.data().to_host(backend).unwrap());
+    let (gg, gu) = (
+        gg.data().to_host(backend).unwrap(),
+        gu.data().to_host(backend).unwrap(),
+    );
     let want_g: Vec<f32> = (0..n).map(|i| fdy[i] * fb[i] * silu_grad(fa[i])).collect();
     let want_u: Vec<f32> = (0..n).map(|i| fdy[i] * silu(fa[i])).collect();
     assert_close(&gg, &want_g, "silu_mul_backward (gate)");

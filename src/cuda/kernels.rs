@@ -20,3 +20,33 @@ pub const HISTOGRAM: KernelModule = KernelModule {
     name: "histogram",
     fatbin: generated::HISTOGRAM,
 };
+
+/// `cuda/activation.cu`: GeLU and SiLU-gate activations on sparse blocks.
+pub const ACTIVATION: KernelModule = KernelModule {
+    name: "activation",
+    fatbin: generated::ACTIVATION,
+};
+
+/// `cuda/block_sparse.cu`: the SDD, DSD and DDS tensor-core products.
+pub const BLOCK_SPARSE: KernelModule = KernelModule {
+    name: "block_sparse",
+    fatbin: generated::BLOCK_SPARSE,
+};
+
+/// `cuda/routing.cu`: the fused softmax / top-k router.
+pub const ROUTING: KernelModule = KernelModule {
+    name: "routing",
+    fatbin: generated::ROUTING,
+};
+
+/// `cuda/permute.cu`: the expert sort, bins, padded gather and scatter.
+pub const PERMUTE: KernelModule = KernelModule {
+    name: "permute",
+    fatbin: generated::PERMUTE,
+};
+
+/// `cuda/topology.cu`: the device construction of the dMoE topology.
+pub const TOPOLOGY: KernelModule = KernelModule {
+    name: "topology",
+    fatbin: generated::TOPOLOGY,
+};

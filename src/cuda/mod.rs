@@ -11,10 +11,17 @@ mod sparse;
 mod tensor;
 mod topology;
 
+pub mod activation;
+pub mod gemm;
 pub mod histogram;
+pub mod permute;
+pub mod routing;
+pub mod sparse_ops;
+pub mod topology_build;
 
 pub use device::CudaBackend;
 pub use kernels::{KernelModule, KERNELS_BUILT};
 pub use sparse::{DeviceBlockSparse, DeviceSparseView};
+pub use sparse_ops::{dds, dsd, sdd};
 pub use tensor::{DeviceElement, DeviceTensor};
 pub use topology::{max_padded_tokens, DeviceTopology, CUDA_BLOCK_SIZES};

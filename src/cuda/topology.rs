@@ -133,7 +133,9 @@ impl DeviceTopology {
     /// A one-element view of the true block count (`offsets[max_block_rows]`)
     /// in device memory, for kernels that bound their work by it.
     pub(crate) fn num_blocks_view(&self) -> cudarc::driver::CudaView<'_, i32> {
-        self.offsets.slice().slice(self.max_block_rows..self.max_block_rows + 1)
+        self.offsets
+            .slice()
+            .slice(self.max_block_rows..self.max_block_rows + 1)
     }
 
     /// Reads the topology back (waits for the stream); for tests and debugging.

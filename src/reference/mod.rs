@@ -1,2 +1,11 @@
 //! The CPU reference of every op: ndarray, f32 arithmetic, f16/bf16 operands
 //! widened on load and rounded on store. The CUDA ops are held to these.
+
+pub mod activation;
+pub mod loss;
+pub mod moe;
+pub mod permute;
+pub mod routing;
+pub mod sparse_ops;
+
+pub use sparse_ops::{dds, dsd, sdd};

@@ -1,0 +1,320 @@
+//! The fused router on the device: softmax over all experts, top-k of the
+//! probabilities and optional renormalisation, in one kernel (one warp per
+//! token). The device counterpart of [`crate::reference::routing::route`].
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::kernels::ROUTING;
+use super::{CudaBackend, DeviceTensor};
+use crate::error::{check_i32, product, Error, Result};
+
+/// Largest number of experts the router kernel holds in registers
+/// (32 lanes x 32 values).
+pub const MAX_ROUTER_EXPERTS: usize = 1024;
+
+/// Tokens per 256-thread CTA (one warp each).
+const TOKENS_PER_CTA: usize = 8;
+
+/// The routing decision of a batch on the device.
+#[derive(Debug)]
+pub struct DeviceRouting {
+    /// `[tokens, experts]` f32: softmax of the logits over all experts (NaN
+    /// rows for tokens with a non-finite logit).
+    pub probs: DeviceTensor<f32>,
+    /// `[tokens, top_k]` i32: chosen experts by descending probability (ties:
+    /// lower id first). Always in `0..experts`, also for non-finite rows
+    /// (which get `0..top_k`).
+    pub expert_ids: DeviceTensor<i32>,
+    /// `[tokens, top_k]` f32: the chosen probabilities, renormalised to sum 1
+    /// when asked (NaN for non-finite rows).
+    pub weights: DeviceTensor<f32>,
+    /// `[2]` i32, one little-endian 64-bit word: 0 when every logit was
+    /// finite, else `((0x7fffffff - flat) << 2) | class` for the first
+    /// non-finite logit (lowest `flat = token * experts + expert`; class 0
+    /// NaN, 1 +inf, 2 -inf). Read it with [`DeviceRouting::check_finite`].
+    pub status: DeviceTensor<i32>,
+}
+
+impl DeviceRouting {
+    /// Zero-filled outputs for `tokens` tokens, `num_experts` experts and
+    /// `top_k` slots (for [`route_into`]).
+    pub fn zeros(
+        backend: &CudaBackend,
+        tokens: usize,
+        num_experts: usize,
+        top_k: usize,
+    ) -> Result<Self> {
+        Ok(DeviceRouting {
+            probs: DeviceTensor::zeros(backend, &[tokens, num_experts])?,
+            expert_ids: DeviceTensor::zeros(backend, &[tokens, top_k])?,
+            weights: DeviceTensor::zeros(backend, &[tokens, top_k])?,
+            status: DeviceTensor::zeros(backend, &[2])?,
+        })
+    }
+
+    /// Reads the status word (the one documented host synchronisation of the
+    /// routing path) and returns [`Error::NonFinite`] naming the first
+    /// non-finite logit, if any.
+    pub fn check_finite(&self, backend: &CudaBackend) -> Result<()> {
+        let words = self.status.to_host(backend)?;
+        let num_experts = self.probs.shape().get(1).copied().unwrap_or(1);
+        match decode_status(&words, num_experts)? {
+            None => Ok(()),
+            Some((row, col, value)) => Err(Error::NonFinite {
+                what: "the router logits",
+                row,
+                col,
+                value,
+            }),
+        }
+    }
+}
+
+/// Decodes the router's status word into (token, expert, value) of the first
+/// non-finite logit, `None` when all were finite.
+fn decode_status(words: &[i32], num_experts: usize) -> Result<Option<(usize, usize, f32)>> {
+    let [lo, hi] = words[..] else {
+        return Err(Error::Cuda(format!(
+            "the router status holds {} words, expected 2",
+            words.len()
+        )));
+    };
+    let key = u64::from(lo as u32) | (u64::from(hi as u32) << 32);
+    if key == 0 {
+        return Ok(None);
+    }
+    let encoded = key >> 2;
+    if encoded == 0 || encoded > 0x7fff_ffff || num_experts == 0 {
+        return Err(Error::Cuda(format!("corrupt router status word {key:#x}")));
+    }
+    let flat = (0x7fff_ffff - encoded) as usize;
+    let value = match key & 3 {
+        0 => f32::NAN,
+        1 => f32::INFINITY,
+        _ => f32::NEG_INFINITY,
+    };
+    Ok(Some((flat / num_experts, flat % num_experts, value)))
+}
+
+/// Checks the router's shapes; returns `(tokens, experts)`.
+fn check_route_shapes(logits: &[usize], top_k: usize) -> Result<(usize, usize)> {
+    const OP: &str = "route";
+    let [tokens, experts] = logits[..] else {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            message: format!("logits must be [tokens, experts], found {logits:?}"),
+        });
+    };
+    if tokens == 0 {
+        return Err(Error::Empty {
+            op: OP,
+            what: "the number of tokens",
+        });
+    }
+    if experts == 0 {
+        return Err(Error::Empty {
+            op: OP,
+            what: "the number of experts",
+        });
+    }
+    if top_k == 0 || top_k > experts {
+        return Err(Error::InvalidTopK {
+            top_k,
+            num_experts: experts,
+        });
+    }
+    if experts > MAX_ROUTER_EXPERTS {
+        return Err(Error::InvalidConfig(format!(
+            "the CUDA router supports at most {MAX_ROUTER_EXPERTS} experts, found {experts}"
+        )));
+    }
+    check_i32("tokens x experts", product(&[tokens, experts]))?;
+    check_i32("tokens x top_k", product(&[tokens, top_k]))?;
+    Ok((tokens, experts))
+}
+
+/// Checks that `out` has the shapes of routing `tokens x experts` with `top_k`.
+fn check_route_outputs(
+    out: &DeviceRouting,
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+) -> Result<()> {
+    let want: [(&str, &[usize], Vec<usize>); 4] = [
+        ("probs", out.probs.shape(), vec![tokens, experts]),
+        ("expert_ids", out.expert_ids.shape(), vec![tokens, top_k]),
+        ("weights", out.weights.shape(), vec![tokens, top_k]),
+        ("status", out.status.shape(), vec![2]),
+    ];
+    for (name, found, expected) in want {
+        if found != expected.as_slice() {
+            return Err(Error::ShapeMismatch {
+                op: "route",
+                message: format!("output {name} must be {expected:?}, found {found:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The kernel instantiation holding `experts` values in registers.
+fn kernel_name(experts: usize) -> &'static str {
+    match experts.div_ceil(32) {
+        0 | 1 => "dl_route_v1",
+        2 => "dl_route_v2",
+        3 | 4 => "dl_route_v4",
+        5..=8 => "dl_route_v8",
+        9..=16 => "dl_route_v16",
+        _ => "dl_route_v32",
+    }
+}
+
+/// Routes each token of `logits` (`[tokens, experts]` f32) to its `top_k`
+/// most probable experts; see [`crate::reference::routing::route`].
+///
+/// Non-finite logits do not fail here (that would need a host sync): call
+/// [`DeviceRouting::check_finite`] when the check is wanted.
+///
+/// Errors: [`Error::ShapeMismatch`] unless logits are 2-D, [`Error::Empty`],
+/// [`Error::InvalidTopK`], [`Error::InvalidConfig`] past
+/// [`MAX_ROUTER_EXPERTS`], [`Error::IndexOverflow`].
+pub fn route(
+    backend: &CudaBackend,
+    logits: &DeviceTensor<f32>,
+    top_k: usize,
+    renormalize: bool,
+) -> Result<DeviceRouting> {
+    let (tokens, experts) = check_route_shapes(logits.shape(), top_k)?;
+    let mut out = DeviceRouting::zeros(backend, tokens, experts, top_k)?;
+    route_into(backend, logits, top_k, renormalize, &mut out)?;
+    Ok(out)
+}
+
+/// [`route`] into caller-provided outputs (e.g. poisoned in tests); resets
+/// `out.status` before the launch.
+pub fn route_into(
+    backend: &CudaBackend,
+    logits: &DeviceTensor<f32>,
+    top_k: usize,
+    renormalize: bool,
+    out: &mut DeviceRouting,
+) -> Result<()> {
+    let (tokens, experts) = check_route_shapes(logits.shape(), top_k)?;
+    check_route_outputs(out, tokens, experts, top_k)?;
+    backend.stream().memset_zeros(out.status.slice_mut())?;
+    let func = backend.function(ROUTING, kernel_name(experts))?;
+    let cfg = LaunchConfig {
+        grid_dim: (tokens.div_ceil(TOKENS_PER_CTA) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (t_i32, e_i32, k_i32, renorm) = (
+        tokens as i32,
+        experts as i32,
+        top_k as i32,
+        i32::from(renormalize),
+    );
+    let mut launch = backend.stream().launch_builder(&func);
+    launch
+        .arg(logits.slice())
+        .arg(&t_i32)
+        .arg(&e_i32)
+        .arg(&k_i32)
+        .arg(&renorm)
+        .arg(out.probs.slice_mut())
+        .arg(out.expert_ids.slice_mut())
+        .arg(out.weights.slice_mut())
+        .arg(out.status.slice_mut());
+    // SAFETY: dl_route_vN(const float* logits, i32 tokens, i32 E, i32 k,
+    // i32 renormalize, float* probs, i32* expert_ids, float* weights,
+    // u64* status) reads logits[0..tokens*E) and writes probs[0..tokens*E),
+    // expert_ids / weights [0..tokens*k) and the 8-byte status: all buffers
+    // were checked to have exactly these shapes (status is two i32 words, and
+    // device allocations are 256-byte aligned). 1 <= k <= E <= 32 * N is
+    // guaranteed by the checks and `kernel_name`; tokens * E and tokens * k fit
+    // i32. The grid covers ceil(tokens / 8) CTAs of 8 warps, no shared memory.
+    unsafe { launch.launch(cfg) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_are_checked() {
+        assert_eq!(check_route_shapes(&[5, 8], 2).unwrap(), (5, 8));
+        assert!(matches!(
+            check_route_shapes(&[5], 1),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            check_route_shapes(&[0, 8], 1),
+            Err(Error::Empty { .. })
+        ));
+        assert!(matches!(
+            check_route_shapes(&[3, 0], 1),
+            Err(Error::Empty { .. })
+        ));
+        assert!(matches!(
+            check_route_shapes(&[3, 8], 0),
+            Err(Error::InvalidTopK { .. })
+        ));
+        assert!(matches!(
+            check_route_shapes(&[3, 8], 9),
+            Err(Error::InvalidTopK { .. })
+        ));
+        assert!(matches!(
+            check_route_shapes(&[3, 1025], 2),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert_eq!(check_route_shapes(&[3, 1024], 1024).unwrap(), (3, 1024));
+        assert!(matches!(
+            check_route_shapes(&[1 << 22, 1024], 8),
+            Err(Error::IndexOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_covers_the_experts() {
+        for (experts, name) in [
+            (1, "dl_route_v1"),
+            (32, "dl_route_v1"),
+            (33, "dl_route_v2"),
+            (64, "dl_route_v2"),
+            (65, "dl_route_v4"),
+            (128, "dl_route_v4"),
+            (129, "dl_route_v8"),
+            (256, "dl_route_v8"),
+            (257, "dl_route_v16"),
+            (512, "dl_route_v16"),
+            (513, "dl_route_v32"),
+            (1024, "dl_route_v32"),
+        ] {
+            assert_eq!(kernel_name(experts), name, "{experts} experts");
+        }
+    }
+
+    #[test]
+    fn status_decodes() {
+        assert_eq!(decode_status(&[0, 0], 8).unwrap(), None);
+        // flat 19 = token 2, expert 3 with 8 experts; class 1 = +inf.
+        let key = ((0x7fff_ffffu64 - 19) << 2) | 1;
+        let words = [key as u32 as i32, (key >> 32) as u32 as i32];
+        assert_eq!(
+            decode_status(&words, 8).unwrap(),
+            Some((2, 3, f32::INFINITY))
+        );
+        let key = (0x7fff_ffffu64 << 2) | 2;
+        let words = [key as u32 as i32, (key >> 32) as u32 as i32];
+        assert_eq!(
+            decode_status(&words, 8).unwrap(),
+            Some((0, 0, f32::NEG_INFINITY))
+        );
+        let nan = decode_status(&[4, 0], 8).unwrap().unwrap();
+        assert_eq!((nan.0, nan.1), (0x7fff_fffe / 8, 0x7fff_fffe % 8));
+        assert!(nan.2.is_nan());
+        assert!(decode_status(&[1], 8).is_err());
+        assert!(decode_status(&[3, 0], 8).is_err());
+    }
+}

@@ -1,0 +1,318 @@
+//! The dMoE layer forward on the CPU, composed from the reference ops exactly
+//! as the GPU path composes its kernels: route, sort by expert, gather into
+//! the padded layout, block-sparse expert FFN, scatter back with the routing
+//! weights. Intermediates are rounded to `T` wherever a kernel stores them.
+
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+use crate::dtype::Element;
+use crate::error::{check_i32, product, Error, Result};
+use crate::reference::activation::{gelu, silu};
+use crate::reference::loss::{load_balancing_loss, router_z_loss};
+use crate::reference::permute::{
+    histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter, sort_by_expert,
+};
+use crate::reference::routing::{check_top_k, route, Routing};
+use crate::reference::sparse_ops::{dsd, sdd};
+use crate::sparse::BlockSparse;
+use crate::topology::{Topology, CPU_BLOCK_SIZES};
+
+/// The expert MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `GeLU(x · W1ᵀ) · W2` (GeLU in its tanh approximation).
+    Plain,
+    /// `(SiLU(x · W1ᵀ) ⊙ (x · W3ᵀ)) · W2`, as in Mixtral and GLaM.
+    Glu,
+}
+
+/// The shape and behaviour of a dMoE layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Model (hidden) size.
+    pub hidden: usize,
+    /// FFN size of each expert; a multiple of `block_size`.
+    pub ffn: usize,
+    /// Number of experts.
+    pub num_experts: usize,
+    /// Experts per token, `1..=num_experts`.
+    pub top_k: usize,
+    /// The expert MLP.
+    pub mlp: MlpKind,
+    /// Whether each token's k routing weights are renormalised to sum to 1.
+    pub renormalize: bool,
+    /// Side of the sparse blocks; one of [`CPU_BLOCK_SIZES`] on the CPU.
+    pub block_size: usize,
+}
+
+impl MoeConfig {
+    /// Checks that the configuration can run: non-zero sizes, `ffn` a multiple
+    /// of a supported block size, `1 <= top_k <= num_experts`, and weights
+    /// that fit the kernels' i32 indexing.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "MoeConfig::validate";
+        if !CPU_BLOCK_SIZES.contains(&self.block_size) {
+            return Err(Error::UnsupportedBlockSize {
+                block_size: self.block_size,
+                backend: "the CPU reference",
+                supported: CPU_BLOCK_SIZES,
+            });
+        }
+        if self.num_experts == 0 {
+            return Err(Error::Empty {
+                op: OP,
+                what: "the number of experts",
+            });
+        }
+        if self.hidden == 0 {
+            return Err(Error::Empty {
+                op: OP,
+                what: "the hidden size",
+            });
+        }
+        check_top_k(self.top_k, self.num_experts)?;
+        if self.ffn == 0 || self.ffn % self.block_size != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "ffn size per expert {} must be a positive multiple of the block size {}",
+                self.ffn, self.block_size
+            )));
+        }
+        check_i32(
+            "experts x ffn x hidden",
+            product(&[self.num_experts, self.ffn, self.hidden]),
+        )
+    }
+}
+
+/// The weights of a dMoE layer. The experts' matrices are concatenated along
+/// their first axis: rows `e * ffn .. (e + 1) * ffn` belong to expert `e`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeWeights<T> {
+    /// `[num_experts, hidden]`: the router (logits = `x · routerᵀ`).
+    pub router: Array2<T>,
+    /// `[num_experts * ffn, hidden]`: the up projection (`x · W1ᵀ`).
+    pub w1: Array2<T>,
+    /// `[num_experts * ffn, hidden]`: the gate's second projection; GLU only.
+    pub w3: Option<Array2<T>>,
+    /// `[num_experts * ffn, hidden]`: the down projection (`h · W2`).
+    pub w2: Array2<T>,
+}
+
+/// A deterministic generator of non-zero values (splitmix64).
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// A value in `(-1, -1/4] ∪ [1/4, 1)`: bounded away from zero, so it stays
+    /// non-zero after scaling and rounding to f16.
+    fn next_unit(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let magnitude = 0.25 + 0.75 * ((z >> 40) as f32 / (1u32 << 24) as f32);
+        if z & 1 == 0 {
+            magnitude
+        } else {
+            -magnitude
+        }
+    }
+
+    /// A `[rows, cols]` matrix with magnitudes in `[scale/4, scale)`.
+    fn matrix<T: Element>(&mut self, rows: usize, cols: usize, scale: f32) -> Array2<T> {
+        Array2::from_shape_simple_fn((rows, cols), || T::from_f32(scale * self.next_unit()))
+    }
+}
+
+impl<T: Element> MoeWeights<T> {
+    /// Deterministic pseudo-random weights for `config` (no files, no `rand`):
+    /// magnitudes in `[1/(4 sqrt(fan_in)), 1/sqrt(fan_in))` with random signs, never zero, the same for
+    /// the same `seed`. `w3` is present exactly for [`MlpKind::Glu`].
+    pub fn random(config: &MoeConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let (e, h, rows) = (
+            config.num_experts,
+            config.hidden,
+            config.num_experts * config.ffn,
+        );
+        let in_scale = 1.0 / (h as f32).sqrt();
+        let out_scale = 1.0 / (config.ffn as f32).sqrt();
+        let mut rng = SplitMix(seed);
+        let router = rng.matrix(e, h, in_scale);
+        let w1 = rng.matrix(rows, h, in_scale);
+        let w3 = match config.mlp {
+            MlpKind::Glu => Some(rng.matrix(rows, h, in_scale)),
+            MlpKind::Plain => None,
+        };
+        let w2 = rng.matrix(rows, h, out_scale);
+        Ok(MoeWeights { router, w1, w3, w2 })
+    }
+
+    /// Checks the weights' shapes against `config` (which is validated too).
+    pub fn check(&self, config: &MoeConfig) -> Result<()> {
+        const OP: &str = "MoeWeights::check";
+        config.validate()?;
+        let (e, h, rows) = (
+            config.num_experts,
+            config.hidden,
+            config.num_experts * config.ffn,
+        );
+        let expect = |name: &str, m: &Array2<T>, want: (usize, usize)| {
+            if m.dim() == want {
+                Ok(())
+            } else {
+                Err(Error::ShapeMismatch {
+                    op: OP,
+                    message: format!("{name} must be {want:?}, found {:?}", m.dim()),
+                })
+            }
+        };
+        expect("router [num_experts, hidden]", &self.router, (e, h))?;
+        expect("w1 [num_experts * ffn, hidden]", &self.w1, (rows, h))?;
+        expect("w2 [num_experts * ffn, hidden]", &self.w2, (rows, h))?;
+        match (config.mlp, &self.w3) {
+            (MlpKind::Glu, Some(w3)) => expect("w3 [num_experts * ffn, hidden]", w3, (rows, h)),
+            (MlpKind::Plain, None) => Ok(()),
+            (MlpKind::Glu, None) => Err(Error::InvalidConfig(
+                "a GLU layer needs w3; pass it or use MlpKind::Plain".into(),
+            )),
+            (MlpKind::Plain, Some(_)) => Err(Error::InvalidConfig(
+                "a plain MLP layer takes no w3; drop it or use MlpKind::Glu".into(),
+            )),
+        }
+    }
+}
+
+/// The result of a dMoE forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeOutput<T> {
+    /// `[tokens, hidden]`: the layer's output.
+    pub output: Array2<T>,
+    /// The router's decision.
+    pub routing: Routing,
+    /// `[num_experts]`: assignments routed to each expert.
+    pub tokens_per_expert: Array1<i32>,
+    /// The load-balancing loss of this batch (unscaled).
+    pub load_balancing_loss: f32,
+    /// The router z-loss of this batch (unscaled).
+    pub z_loss: f32,
+}
+
+/// Router logits `x · routerᵀ`, accumulated in f32 in order of the hidden axis.
+fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<f32> {
+    let mut logits = Array2::<f32>::zeros((x.nrows(), router.nrows()));
+    for ((t, e), l) in logits.indexed_iter_mut() {
+        *l = x
+            .row(t)
+            .iter()
+            .zip(router.row(e).iter())
+            .fold(0.0f32, |acc, (&a, &b)| acc + a.to_f32() * b.to_f32());
+    }
+    logits
+}
+
+/// The expert MLP's hidden activations on the topology's blocks, rounded to `T`.
+fn expert_hidden<T: Element>(
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x_gathered: ArrayView2<T>,
+    topology: &Arc<Topology>,
+) -> Result<BlockSparse<T>> {
+    let mut h1 = sdd(x_gathered, weights.w1.view(), true, topology)?;
+    match config.mlp {
+        MlpKind::Plain => {
+            for a in h1.data_mut() {
+                *a = T::from_f32(gelu(a.to_f32()));
+            }
+        }
+        MlpKind::Glu => {
+            let w3 = weights.w3.as_ref().ok_or_else(|| {
+                Error::InvalidConfig("a GLU layer needs w3; pass it or use MlpKind::Plain".into())
+            })?;
+            let h3 = sdd(x_gathered, w3.view(), true, topology)?;
+            for (a, &b) in h1.data_mut().iter_mut().zip(h3.data()) {
+                *a = T::from_f32(silu(a.to_f32()) * b.to_f32());
+            }
+        }
+    }
+    Ok(h1)
+}
+
+/// The dMoE forward: `x` is `[tokens, hidden]`.
+///
+/// Router logits `x · routerᵀ` in f32, softmax top-k routing, expert
+/// histogram, stable sort by expert, padded gather, the block-sparse expert
+/// MLP (`sdd` with W1 (and W3), activation, `dsd` with W2) and the padded
+/// scatter weighted by the routing weights. Also returns the routing, the
+/// tokens per expert and both auxiliary losses.
+///
+/// Errors: the config's and weights' checks ([`MoeConfig::validate`],
+/// [`MoeWeights::check`]), [`Error::ShapeMismatch`] when `x` is not
+/// `[tokens, hidden]`, [`Error::Empty`] for zero tokens,
+/// [`Error::NonFinite`] for non-finite router logits,
+/// [`Error::IndexOverflow`] when a size exceeds i32.
+pub fn forward<T: Element>(
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x: ArrayView2<T>,
+) -> Result<MoeOutput<T>> {
+    const OP: &str = "moe::forward";
+    weights.check(config)?;
+    let (tokens, hidden) = x.dim();
+    if hidden != config.hidden {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            message: format!(
+                "x must be [tokens, hidden] with hidden = {}, found {:?}",
+                config.hidden,
+                x.dim()
+            ),
+        });
+    }
+    if tokens == 0 {
+        return Err(Error::Empty {
+            op: OP,
+            what: "the number of tokens",
+        });
+    }
+    check_i32("tokens x hidden", product(&[tokens, hidden]))?;
+    let (e, k) = (config.num_experts, config.top_k);
+
+    let logits = router_logits(x, weights.router.view());
+    let routing = route(logits.view(), k, config.renormalize)?;
+    let z_loss = router_z_loss(logits.view())?;
+    let load_balancing_loss =
+        load_balancing_loss(routing.probs.view(), routing.expert_ids.view(), e)?;
+
+    let tokens_per_expert = histogram(routing.expert_ids.view(), e)?;
+    let (indices, _bin_ids) = sort_by_expert(routing.expert_ids.view(), e)?;
+    let bins = inclusive_cumsum(tokens_per_expert.view())?;
+    let padded = padded_bins(tokens_per_expert.view(), config.block_size)?;
+    let counts: Vec<usize> = tokens_per_expert.iter().map(|&c| c as usize).collect();
+    let topology = Arc::new(Topology::from_tokens_per_expert(
+        &counts,
+        config.ffn,
+        config.block_size,
+    )?);
+
+    let x_gathered = padded_gather(x, indices.view(), bins.view(), padded.view(), None, k)?;
+    let h = expert_hidden(config, weights, x_gathered.view(), &topology)?;
+    let y = dsd(h.view(), weights.w2.view())?;
+    let output = padded_scatter(
+        y.view(),
+        indices.view(),
+        bins.view(),
+        padded.view(),
+        Some(routing.weights.view()),
+        k,
+    )?;
+    Ok(MoeOutput {
+        output,
+        routing,
+        tokens_per_expert,
+        load_balancing_loss,
+        z_loss,
+    })
+}
