@@ -5,14 +5,17 @@
 //!     [--tokens N] [--hidden H] [--ffn F] [--experts E] [--top-k K] [--glu] [--iters N]
 //! ```
 //!
+//! `--dtype` defaults to bf16 on the GPU and f32 on the CPU.
 //! `--device auto` (the default) uses the GPU when one works and falls back to
-//! the CPU reference otherwise, saying why.
+//! the CPU reference otherwise, saying why. The GPU runs bf16 or f16 (f32 is
+//! CPU-only); `--dtype` picks the type.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use dropless::reference::moe::{forward, MlpKind, MoeConfig, MoeWeights};
-use dropless::{DType, Element};
+use dropless::layer::{Backend, DroplessMoe, LayerElement};
+use dropless::reference::moe::{MlpKind, MoeConfig, MoeWeights};
+use dropless::DType;
 use half::{bf16, f16};
 use ndarray::Array2;
 
@@ -25,7 +28,7 @@ enum DeviceChoice {
 
 struct Args {
     device: DeviceChoice,
-    dtype: DType,
+    dtype: Option<DType>,
     tokens: usize,
     config: MoeConfig,
     iters: usize,
@@ -34,7 +37,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         device: DeviceChoice::Auto,
-        dtype: DType::F32,
+        dtype: None,
         tokens: 512,
         config: MoeConfig {
             hidden: 512,
@@ -65,9 +68,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--dtype" => {
                 args.dtype = match value()?.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
+                    "f32" => Some(DType::F32),
+                    "bf16" => Some(DType::BF16),
+                    "f16" => Some(DType::F16),
                     v => return Err(format!("--dtype takes f32, bf16 or f16, found {v}")),
                 }
             }
@@ -103,34 +106,55 @@ fn forward_flops(config: &MoeConfig, tokens: usize) -> f64 {
     2.0 * mats * (tokens * config.top_k) as f64 * (config.hidden * config.ffn) as f64
 }
 
-fn run_cpu<T: Element>(args: &Args) -> Result<(), String> {
+fn run<T: LayerElement>(args: &Args, backend: Backend) -> Result<(), String> {
     let config = &args.config;
     let weights = MoeWeights::<T>::random(config, 7).map_err(|e| e.to_string())?;
     let x = Array2::from_shape_fn((args.tokens, config.hidden), |(t, h)| {
         T::from_f32((((t * 31 + h * 17) % 101) as f32 / 50.0 - 1.0) * 0.5)
     });
-    let mut best = f64::INFINITY;
-    let mut out = None;
-    for _ in 0..args.iters {
-        let start = Instant::now();
-        out = Some(forward(config, &weights, x.view()).map_err(|e| e.to_string())?);
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    let out = out.expect("at least one iteration");
-    let checksum: f64 = out.output.iter().map(|v| v.to_f32() as f64).sum();
+    let device = backend.clone();
+    let mut layer = DroplessMoe::new(*config, weights, backend).map_err(|e| e.to_string())?;
+    let x = layer.upload(x.view()).map_err(|e| e.to_string())?;
+    let mut out = layer.forward(&x).map_err(|e| e.to_string())?;
+    let seconds = match &device {
+        Backend::Cuda(gpu) => {
+            // Warm-up done above; CUDA events time the queued forwards.
+            let ms = gpu
+                .time_ms(args.iters, || {
+                    out = layer.forward(&x)?;
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            ms / 1e3
+        }
+        Backend::Cpu => {
+            let mut best = f64::INFINITY;
+            for _ in 0..args.iters {
+                let start = Instant::now();
+                out = layer.forward(&x).map_err(|e| e.to_string())?;
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            best
+        }
+    };
+    let read = |e: dropless::Error| e.to_string();
+    let output = layer.download(&out.output).map_err(read)?;
+    let checksum: f64 = output.iter().map(|v| v.to_f32() as f64).sum();
+    let tokens_per_expert = layer.download(&out.tokens_per_expert).map_err(read)?;
+    let lbl = layer.download(&out.load_balancing_loss).map_err(read)?[[0]];
+    let z = layer.download(&out.z_loss).map_err(read)?[[0]];
     println!(
-        "tokens per expert: {:?}; load-balancing loss {:.4}, z-loss {:.4}, output checksum {checksum:.6}",
-        out.tokens_per_expert.to_vec(),
-        out.load_balancing_loss,
-        out.z_loss
+        "tokens per expert: {:?}; load-balancing loss {lbl:.4}, z-loss {z:.4}, output checksum {checksum:.6}",
+        tokens_per_expert.iter().collect::<Vec<_>>(),
     );
     println!(
-        "device cpu (reference), dtype {}: {} tokens in {:.3} ms: {:.0} tokens/s, {:.2} GFLOP/s",
+        "device {}, dtype {}: {} tokens in {:.3} ms: {:.0} tokens/s, {:.1} GFLOP/s",
+        device.name(),
         T::DTYPE,
         args.tokens,
-        best * 1e3,
-        args.tokens as f64 / best,
-        forward_flops(config, args.tokens) / best / 1e9
+        seconds * 1e3,
+        args.tokens as f64 / seconds,
+        forward_flops(config, args.tokens) / seconds / 1e9
     );
     Ok(())
 }
@@ -148,24 +172,34 @@ fn main() -> ExitCode {
         "dMoE layer: hidden {}, ffn {}, experts {}, top-{}, {:?} MLP, {} tokens",
         c.hidden, c.ffn, c.num_experts, c.top_k, c.mlp, args.tokens
     );
-    if args.device != DeviceChoice::Cpu {
-        match dropless::cuda::CudaBackend::try_new() {
-            Ok(_) if !dropless::cuda::KERNELS_BUILT => {
-                eprintln!("{}", dropless::Error::KernelsNotBuilt)
+    let backend = match args.device {
+        DeviceChoice::Cpu => Backend::Cpu,
+        DeviceChoice::Auto | DeviceChoice::Cuda => match Backend::auto() {
+            (Backend::Cuda(gpu), _) => Backend::Cuda(gpu),
+            (cpu, why) => {
+                let why = why.map(|e| e.to_string()).unwrap_or_default();
+                if args.device == DeviceChoice::Cuda {
+                    eprintln!("error: --device cuda, but the GPU is unavailable: {why}");
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("GPU unavailable ({why}); running on the CPU reference");
+                cpu
             }
-            Ok(_) => eprintln!(
-                "a CUDA device is present; the GPU layer path is not wired into this example yet"
-            ),
-            Err(e) => eprintln!("GPU unavailable ({e}); running on the CPU"),
+        },
+    };
+    let dtype = match (&backend, args.dtype) {
+        (Backend::Cuda(_), Some(DType::F32)) => {
+            eprintln!("the GPU kernels take bf16 or f16; running bf16 (pass --dtype f16 for f16)");
+            DType::BF16
         }
-        if args.device == DeviceChoice::Cuda {
-            return ExitCode::FAILURE;
-        }
-    }
-    let result = match args.dtype {
-        DType::F32 => run_cpu::<f32>(&args),
-        DType::BF16 => run_cpu::<bf16>(&args),
-        DType::F16 => run_cpu::<f16>(&args),
+        (Backend::Cuda(_), None) => DType::BF16,
+        (Backend::Cpu, None) => DType::F32,
+        (_, Some(d)) => d,
+    };
+    let result = match dtype {
+        DType::F32 => run::<f32>(&args, backend),
+        DType::BF16 => run::<bf16>(&args, backend),
+        DType::F16 => run::<f16>(&args, backend),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

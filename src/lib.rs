@@ -13,6 +13,7 @@
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod layer;
 pub mod reference;
 pub mod sparse;
 pub mod topology;

@@ -50,3 +50,22 @@ pub const TOPOLOGY: KernelModule = KernelModule {
     name: "topology",
     fatbin: generated::TOPOLOGY,
 };
+
+/// `cuda/elementwise.cu`: dtype casts and in-place accumulation.
+pub const ELEMENTWISE: KernelModule = KernelModule {
+    name: "elementwise",
+    fatbin: generated::ELEMENTWISE,
+};
+
+/// `cuda/router_grad.cu`: the router backward and the auxiliary losses.
+pub const ROUTER_GRAD: KernelModule = KernelModule {
+    name: "router_grad",
+    fatbin: generated::ROUTER_GRAD,
+};
+
+/// `cuda/capacity.cu`: the baselines' dense activations and the
+/// capacity-factor MoE's dispatch, combine and dropped fraction.
+pub const CAPACITY: KernelModule = KernelModule {
+    name: "capacity",
+    fatbin: generated::CAPACITY,
+};

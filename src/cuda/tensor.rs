@@ -73,6 +73,14 @@ impl<T: DeviceElement> DeviceTensor<T> {
         })
     }
 
+    /// A device-to-device copy (stream-ordered, no host round trip).
+    pub fn try_clone(&self, backend: &CudaBackend) -> Result<Self> {
+        Ok(DeviceTensor {
+            data: backend.stream().clone_dtod(&self.data)?,
+            shape: self.shape.clone(),
+        })
+    }
+
     /// A tensor filled with `value` (e.g. NaN, to poison outputs in tests).
     pub fn filled(backend: &CudaBackend, shape: &[usize], value: T) -> Result<Self> {
         let n = checked_len(shape)?;

@@ -2,9 +2,13 @@
 //! widened on load and rounded on store. The CUDA ops are held to these.
 
 pub mod activation;
+pub mod backward;
+pub mod capacity;
+pub mod lm;
 pub mod loss;
 pub mod moe;
 pub mod permute;
+pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
 

@@ -2,6 +2,9 @@
 //! as the GPU path composes its kernels: route, sort by expert, gather into
 //! the padded layout, block-sparse expert FFN, scatter back with the routing
 //! weights. Intermediates are rounded to `T` wherever a kernel stores them.
+//!
+//! [`forward_train`] also returns the [`MoeSaved`] state that
+//! [`crate::reference::backward::backward`] needs; [`forward`] drops it.
 
 use std::sync::Arc;
 
@@ -201,7 +204,7 @@ pub struct MoeOutput<T> {
 }
 
 /// Router logits `x · routerᵀ`, accumulated in f32 in order of the hidden axis.
-fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<f32> {
+pub(crate) fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<f32> {
     let mut logits = Array2::<f32>::zeros((x.nrows(), router.nrows()));
     for ((t, e), l) in logits.indexed_iter_mut() {
         *l = x
@@ -213,31 +216,149 @@ fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<
     logits
 }
 
-/// The expert MLP's hidden activations on the topology's blocks, rounded to `T`.
+/// Everything the backward needs from a forward, as the GPU path keeps it:
+/// the input, the router's logits and decision, the padded layout, the
+/// gathered input, the expert MLP's pre-activations and activations on the
+/// topology's blocks, and the padded expert output.
+///
+/// Only [`forward_train`] builds one; read it through the accessors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeSaved<T> {
+    config: MoeConfig,
+    x: Array2<T>,
+    logits: Array2<f32>,
+    routing: Routing,
+    tokens_per_expert: Array1<i32>,
+    indices: Array1<i32>,
+    bins: Array1<i32>,
+    padded_bins: Array1<i32>,
+    topology: Arc<Topology>,
+    x_gathered: Array2<T>,
+    pre_w1: BlockSparse<T>,
+    pre_w3: Option<BlockSparse<T>>,
+    hidden: BlockSparse<T>,
+    y: Array2<T>,
+}
+
+impl<T> MoeSaved<T> {
+    /// The configuration of the forward that saved this state.
+    pub fn config(&self) -> &MoeConfig {
+        &self.config
+    }
+    /// `[tokens, hidden]`: the layer's input.
+    pub fn x(&self) -> &Array2<T> {
+        &self.x
+    }
+    /// `[tokens, num_experts]` f32: the router logits `x · routerᵀ`.
+    pub fn logits(&self) -> &Array2<f32> {
+        &self.logits
+    }
+    /// The router's decision.
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+    /// `[num_experts]`: assignments routed to each expert.
+    pub fn tokens_per_expert(&self) -> &Array1<i32> {
+        &self.tokens_per_expert
+    }
+    /// `[tokens * top_k]`: the flat assignments sorted by expert.
+    pub fn indices(&self) -> &Array1<i32> {
+        &self.indices
+    }
+    /// `[num_experts]`: inclusive cumsum of the tokens per expert.
+    pub fn bins(&self) -> &Array1<i32> {
+        &self.bins
+    }
+    /// `[num_experts]`: inclusive cumsum of the block-padded tokens per expert.
+    pub fn padded_bins(&self) -> &Array1<i32> {
+        &self.padded_bins
+    }
+    /// The block-sparse topology of the expert MLP, `[padded, num_experts * ffn]`.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+    /// `[padded, hidden]`: the input gathered into the padded expert layout.
+    pub fn x_gathered(&self) -> &Array2<T> {
+        &self.x_gathered
+    }
+    /// `x_gathered · W1ᵀ` on the topology's blocks (pre-activation).
+    pub fn pre_w1(&self) -> &BlockSparse<T> {
+        &self.pre_w1
+    }
+    /// `x_gathered · W3ᵀ` on the topology's blocks; GLU only.
+    pub fn pre_w3(&self) -> Option<&BlockSparse<T>> {
+        self.pre_w3.as_ref()
+    }
+    /// The activations `h` on the topology's blocks (GeLU, or SiLU-gate).
+    pub fn hidden(&self) -> &BlockSparse<T> {
+        &self.hidden
+    }
+    /// `[padded, hidden]`: the expert output `h · W2` in the padded layout.
+    pub fn y(&self) -> &Array2<T> {
+        &self.y
+    }
+}
+
+/// The GLU layer's `w3`, or the error that says it is missing.
+pub(crate) fn require_w3<T>(weights: &MoeWeights<T>) -> Result<&Array2<T>> {
+    weights.w3.as_ref().ok_or_else(|| {
+        Error::InvalidConfig("a GLU layer needs w3; pass it or use MlpKind::Plain".into())
+    })
+}
+
+/// The expert MLP's pre-activations `(x_g · W1ᵀ, x_g · W3ᵀ)` on the
+/// topology's blocks (the second for GLU only) and its activations, each
+/// rounded to `T`.
+type ExpertHidden<T> = (BlockSparse<T>, Option<BlockSparse<T>>, BlockSparse<T>);
+
+/// The expert MLP up to its activations, as [`ExpertHidden`].
 fn expert_hidden<T: Element>(
     config: &MoeConfig,
     weights: &MoeWeights<T>,
     x_gathered: ArrayView2<T>,
     topology: &Arc<Topology>,
-) -> Result<BlockSparse<T>> {
-    let mut h1 = sdd(x_gathered, weights.w1.view(), true, topology)?;
-    match config.mlp {
+) -> Result<ExpertHidden<T>> {
+    let pre_w1 = sdd(x_gathered, weights.w1.view(), true, topology)?;
+    let mut hidden = pre_w1.clone();
+    let pre_w3 = match config.mlp {
         MlpKind::Plain => {
-            for a in h1.data_mut() {
+            for a in hidden.data_mut() {
                 *a = T::from_f32(gelu(a.to_f32()));
             }
+            None
         }
         MlpKind::Glu => {
-            let w3 = weights.w3.as_ref().ok_or_else(|| {
-                Error::InvalidConfig("a GLU layer needs w3; pass it or use MlpKind::Plain".into())
-            })?;
-            let h3 = sdd(x_gathered, w3.view(), true, topology)?;
-            for (a, &b) in h1.data_mut().iter_mut().zip(h3.data()) {
+            let pre_w3 = sdd(x_gathered, require_w3(weights)?.view(), true, topology)?;
+            for (a, &b) in hidden.data_mut().iter_mut().zip(pre_w3.data()) {
                 *a = T::from_f32(silu(a.to_f32()) * b.to_f32());
             }
+            Some(pre_w3)
         }
+    };
+    Ok((pre_w1, pre_w3, hidden))
+}
+
+/// Checks that `x` is a non-empty `[tokens, hidden]` input of `config`.
+fn check_input<T>(config: &MoeConfig, x: ArrayView2<T>) -> Result<()> {
+    const OP: &str = "moe::forward";
+    let (tokens, hidden) = x.dim();
+    if hidden != config.hidden {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            message: format!(
+                "x must be [tokens, hidden] with hidden = {}, found {:?}",
+                config.hidden,
+                x.dim()
+            ),
+        });
     }
-    Ok(h1)
+    if tokens == 0 {
+        return Err(Error::Empty {
+            op: OP,
+            what: "the number of tokens",
+        });
+    }
+    check_i32("tokens x hidden", product(&[tokens, hidden]))
 }
 
 /// The dMoE forward: `x` is `[tokens, hidden]`.
@@ -258,26 +379,18 @@ pub fn forward<T: Element>(
     weights: &MoeWeights<T>,
     x: ArrayView2<T>,
 ) -> Result<MoeOutput<T>> {
-    const OP: &str = "moe::forward";
+    forward_train(config, weights, x).map(|(output, _)| output)
+}
+
+/// [`forward`], also returning the [`MoeSaved`] state for
+/// [`crate::reference::backward::backward`]. Same errors as [`forward`].
+pub fn forward_train<T: Element>(
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x: ArrayView2<T>,
+) -> Result<(MoeOutput<T>, MoeSaved<T>)> {
     weights.check(config)?;
-    let (tokens, hidden) = x.dim();
-    if hidden != config.hidden {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            message: format!(
-                "x must be [tokens, hidden] with hidden = {}, found {:?}",
-                config.hidden,
-                x.dim()
-            ),
-        });
-    }
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    check_i32("tokens x hidden", product(&[tokens, hidden]))?;
+    check_input(config, x)?;
     let (e, k) = (config.num_experts, config.top_k);
 
     let logits = router_logits(x, weights.router.view());
@@ -298,8 +411,8 @@ pub fn forward<T: Element>(
     )?);
 
     let x_gathered = padded_gather(x, indices.view(), bins.view(), padded.view(), None, k)?;
-    let h = expert_hidden(config, weights, x_gathered.view(), &topology)?;
-    let y = dsd(h.view(), weights.w2.view())?;
+    let (pre_w1, pre_w3, hidden) = expert_hidden(config, weights, x_gathered.view(), &topology)?;
+    let y = dsd(hidden.view(), weights.w2.view())?;
     let output = padded_scatter(
         y.view(),
         indices.view(),
@@ -308,11 +421,28 @@ pub fn forward<T: Element>(
         Some(routing.weights.view()),
         k,
     )?;
-    Ok(MoeOutput {
+    let saved = MoeSaved {
+        config: *config,
+        x: x.to_owned(),
+        logits,
+        routing: routing.clone(),
+        tokens_per_expert: tokens_per_expert.clone(),
+        indices,
+        bins,
+        padded_bins: padded,
+        topology,
+        x_gathered,
+        pre_w1,
+        pre_w3,
+        hidden,
+        y,
+    };
+    let output = MoeOutput {
         output,
         routing,
         tokens_per_expert,
         load_balancing_loss,
         z_loss,
-    })
+    };
+    Ok((output, saved))
 }

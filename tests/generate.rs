@@ -1,0 +1,620 @@
+//! The generate example on the CPU: tiny random checkpoints in each family's
+//! real tensor names (written here with the `safetensors` crate), single,
+//! sharded, fused and bf16; KV-cache decoding against the full forward; bad
+//! folders; and parity with Hugging Face transformers' float32 logits on the
+//! committed fixtures in tests/fixtures (scripts/make-hf-fixtures.py).
+
+#[allow(dead_code)]
+#[path = "../examples/generate/checkpoint.rs"]
+mod checkpoint;
+#[allow(dead_code)]
+#[path = "../examples/generate/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "../examples/generate/demo.rs"]
+mod demo;
+#[allow(dead_code)]
+#[path = "../examples/generate/error.rs"]
+mod error;
+#[allow(dead_code)]
+#[path = "../examples/generate/model.rs"]
+mod model;
+#[allow(dead_code)]
+#[path = "../examples/generate/npy.rs"]
+mod npy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::bf16;
+use ndarray::{s, Array3};
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{json, Value};
+
+use checkpoint::Checkpoint;
+use config::ModelConfig;
+use model::{KvCache, Model};
+
+/// A checkpoint under construction: tensors by name, as f32.
+struct Tensors(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl Tensors {
+    fn add(&mut self, rng: &mut rand::rngs::StdRng, name: String, shape: &[usize]) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if shape.len() == 1 && !name.ends_with("bias") {
+            (0..n).map(|_| 1.0 + rng.gen_range(-0.2..0.2)).collect()
+        } else {
+            let scale = 1.0 / (*shape.last().unwrap() as f32).sqrt();
+            (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+        };
+        self.0.insert(name, (shape.to_vec(), data));
+    }
+}
+
+/// A tiny config.json of `family` (experts' ffn 32, divisible by 16).
+fn tiny_config(family: &str) -> Value {
+    let mut c = json!({
+        "model_type": family,
+        "vocab_size": 40,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "num_experts_per_tok": 2,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": false,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}
+    });
+    let extra = match family {
+        "mixtral" => json!({"num_local_experts": 4, "intermediate_size": 32, "head_dim": null}),
+        "qwen3_moe" => {
+            json!({"num_experts": 4, "moe_intermediate_size": 32, "intermediate_size": 48,
+                               "norm_topk_prob": true, "mlp_only_layers": [1], "decoder_sparse_step": 1})
+        }
+        "olmoe" => {
+            json!({"num_experts": 4, "intermediate_size": 32, "norm_topk_prob": false, "clip_qkv": 1.5})
+        }
+        "qwen2_moe" => {
+            json!({"num_experts": 4, "moe_intermediate_size": 32, "intermediate_size": 48,
+                               "shared_expert_intermediate_size": 48, "norm_topk_prob": false})
+        }
+        other => panic!("no tiny config for {other}"),
+    };
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Random weights in `family`'s real tensor names for `tiny_config(family)`.
+fn tiny_tensors(family: &str, seed: u64) -> Tensors {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut t = Tensors(BTreeMap::new());
+    let (v, h, d, hq, hkv, e, i, dense) = (40, 32, 8, 4, 2, 4, 32, 48);
+    t.add(&mut rng, "model.embed_tokens.weight".into(), &[v, h]);
+    t.add(&mut rng, "lm_head.weight".into(), &[v, h]);
+    t.add(&mut rng, "model.norm.weight".into(), &[h]);
+    for l in 0..2 {
+        let p = format!("model.layers.{l}");
+        t.add(&mut rng, format!("{p}.input_layernorm.weight"), &[h]);
+        t.add(
+            &mut rng,
+            format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+        );
+        for (name, rows) in [("q_proj", hq * d), ("k_proj", hkv * d), ("v_proj", hkv * d)] {
+            t.add(&mut rng, format!("{p}.self_attn.{name}.weight"), &[rows, h]);
+            if family == "qwen2_moe" {
+                t.add(&mut rng, format!("{p}.self_attn.{name}.bias"), &[rows]);
+            }
+        }
+        t.add(
+            &mut rng,
+            format!("{p}.self_attn.o_proj.weight"),
+            &[h, hq * d],
+        );
+        match family {
+            "qwen3_moe" => {
+                t.add(&mut rng, format!("{p}.self_attn.q_norm.weight"), &[d]);
+                t.add(&mut rng, format!("{p}.self_attn.k_norm.weight"), &[d]);
+            }
+            "olmoe" => {
+                t.add(&mut rng, format!("{p}.self_attn.q_norm.weight"), &[hq * d]);
+                t.add(&mut rng, format!("{p}.self_attn.k_norm.weight"), &[hkv * d]);
+            }
+            _ => {}
+        }
+        if family == "qwen3_moe" && l == 1 {
+            t.add(&mut rng, format!("{p}.mlp.gate_proj.weight"), &[dense, h]);
+            t.add(&mut rng, format!("{p}.mlp.up_proj.weight"), &[dense, h]);
+            t.add(&mut rng, format!("{p}.mlp.down_proj.weight"), &[h, dense]);
+            continue;
+        }
+        let (m, gate, up, down) = match family {
+            "mixtral" => (format!("{p}.block_sparse_moe"), "w1", "w3", "w2"),
+            _ => (format!("{p}.mlp"), "gate_proj", "up_proj", "down_proj"),
+        };
+        t.add(&mut rng, format!("{m}.gate.weight"), &[e, h]);
+        for x in 0..e {
+            t.add(&mut rng, format!("{m}.experts.{x}.{gate}.weight"), &[i, h]);
+            t.add(&mut rng, format!("{m}.experts.{x}.{up}.weight"), &[i, h]);
+            t.add(&mut rng, format!("{m}.experts.{x}.{down}.weight"), &[h, i]);
+        }
+        if family == "qwen2_moe" {
+            t.add(
+                &mut rng,
+                format!("{m}.shared_expert.gate_proj.weight"),
+                &[dense, h],
+            );
+            t.add(
+                &mut rng,
+                format!("{m}.shared_expert.up_proj.weight"),
+                &[dense, h],
+            );
+            t.add(
+                &mut rng,
+                format!("{m}.shared_expert.down_proj.weight"),
+                &[h, dense],
+            );
+            t.add(&mut rng, format!("{m}.shared_expert_gate.weight"), &[1, h]);
+        }
+    }
+    t
+}
+
+/// Rewrites the per-expert tensors of every MoE layer into the
+/// transformers-5 fused layout under `mlp.experts.{gate_up_proj, down_proj}`.
+fn fuse_experts(t: &Tensors, family: &str) -> Tensors {
+    let (e, i, h) = (4, 32, 32);
+    let (old_block, gate, up, down) = match family {
+        "mixtral" => ("block_sparse_moe", "w1", "w3", "w2"),
+        _ => ("mlp", "gate_proj", "up_proj", "down_proj"),
+    };
+    let mut out = BTreeMap::new();
+    for (name, value) in &t.0 {
+        if !name.contains(".experts.") {
+            out.insert(name.replace(old_block, "mlp"), value.clone());
+        }
+    }
+    for l in 0..2 {
+        let m = format!("model.layers.{l}.{old_block}");
+        if !t.0.contains_key(&format!("{m}.gate.weight")) {
+            continue;
+        }
+        let mut gate_up = Vec::with_capacity(e * 2 * i * h);
+        let mut down_all = Vec::with_capacity(e * h * i);
+        for x in 0..e {
+            gate_up.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{gate}.weight")].1);
+            gate_up.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{up}.weight")].1);
+            down_all.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{down}.weight")].1);
+        }
+        let f = format!("model.layers.{l}.mlp.experts");
+        out.insert(format!("{f}.gate_up_proj"), (vec![e, 2 * i, h], gate_up));
+        out.insert(format!("{f}.down_proj"), (vec![e, h, i], down_all));
+    }
+    Tensors(out)
+}
+
+/// A fresh empty folder under the system temp dir.
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dropless-generate-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes config.json and the tensors (as `dtype`, in `shards` files with an
+/// index when `shards > 1`) into `dir`.
+fn write_checkpoint(dir: &Path, config: &Value, t: &Tensors, dtype: Dtype, shards: usize) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        t.0.iter()
+            .map(|(name, (shape, data))| {
+                let b = match dtype {
+                    Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    Dtype::BF16 => data
+                        .iter()
+                        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    other => panic!("unsupported test dtype {other:?}"),
+                };
+                (name.clone(), shape.clone(), b)
+            })
+            .collect();
+    let per_shard = bytes.len().div_ceil(shards);
+    let mut weight_map = serde_json::Map::new();
+    for (s, chunk) in bytes.chunks(per_shard).enumerate() {
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", s + 1, shards)
+        };
+        let views: Vec<(String, TensorView)> = chunk
+            .iter()
+            .map(|(n, shape, b)| (n.clone(), TensorView::new(dtype, shape.clone(), b).unwrap()))
+            .collect();
+        for (n, _, _) in chunk {
+            weight_map.insert(n.clone(), Value::String(file.clone()));
+        }
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+    }
+    if shards > 1 {
+        let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    }
+}
+
+/// Loads a checkpoint folder as an f32 model.
+fn load(dir: &Path) -> error::Result<Model<f32>> {
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| error::ModelError::file(dir, e))?;
+    let config = ModelConfig::from_json(&serde_json::from_str(&text).unwrap())?;
+    Model::load(config, &Checkpoint::open(dir)?)
+}
+
+/// The error message of a load that must fail.
+fn load_err(dir: &Path) -> String {
+    match load(dir) {
+        Ok(_) => panic!("loading {} should have failed", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Asserts |a - b| <= atol + rtol |b| everywhere.
+fn assert_close(what: &str, a: &Array3<f32>, b: &Array3<f32>, atol: f32, rtol: f32) {
+    assert_eq!(a.dim(), b.dim(), "{what}: shapes differ");
+    let mut worst = 0.0f32;
+    for ((idx, &x), &y) in a.indexed_iter().zip(b.iter()) {
+        let err = (x - y).abs();
+        assert!(
+            err <= atol + rtol * y.abs(),
+            "{what}: at {idx:?} got {x}, expected {y}"
+        );
+        worst = worst.max(err);
+    }
+    assert!(a.iter().any(|v| *v != 0.0), "{what}: all-zero logits");
+    eprintln!("{what}: max abs error {worst:e}");
+}
+
+const PROMPTS: [[u32; 5]; 2] = [[3, 17, 5, 39, 0], [12, 1, 30, 8, 21]];
+
+fn prompts() -> Vec<Vec<u32>> {
+    PROMPTS.iter().map(|p| p.to_vec()).collect()
+}
+
+/// Cached greedy decoding step by step must give the full forward's logits
+/// at every position, and `generate` the same tokens.
+fn check_kv_cache(model: &Model<f32>, what: &str) {
+    let steps = 4;
+    let mut cache = KvCache::new(model, 2);
+    let mut seqs = prompts();
+    let mut input = prompts();
+    let mut cached_logits = Vec::new();
+    for _ in 0..steps {
+        let logits = model.forward(&input, Some(&mut cache)).unwrap();
+        let last = logits.slice(s![.., logits.dim().1 - 1, ..]).to_owned();
+        input.clear();
+        for (b, row) in last.rows().into_iter().enumerate() {
+            let next = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+                as u32;
+            seqs[b].push(next);
+            input.push(vec![next]);
+        }
+        cached_logits.push(last);
+    }
+    let gen = model.generate(&prompts(), steps).unwrap();
+    assert_eq!(
+        gen.tokens, seqs,
+        "{what}: generate() differs from step-by-step decoding"
+    );
+    let full_input: Vec<Vec<u32>> = seqs.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
+    let full = model.forward(&full_input, None).unwrap();
+    for (step, cached) in cached_logits.iter().enumerate() {
+        let pos = PROMPTS[0].len() - 1 + step;
+        let expect = full.slice(s![.., pos..pos + 1, ..]).to_owned();
+        let got = cached.clone().insert_axis(ndarray::Axis(1));
+        assert_close(&format!("{what} step {step}"), &got, &expect, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn every_family_loads_runs_and_cached_decoding_matches_full_forward() {
+    for family in ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe"] {
+        let dir = temp_dir(family);
+        write_checkpoint(
+            &dir,
+            &tiny_config(family),
+            &tiny_tensors(family, 7),
+            Dtype::F32,
+            1,
+        );
+        let model = load(&dir).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let logits = model.forward(&prompts(), None).unwrap();
+        assert_eq!(logits.dim(), (2, 5, 40));
+        assert!(logits.iter().all(|v| v.is_finite()));
+        check_kv_cache(&model, family);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn sharded_fused_and_bf16_checkpoints_load_the_same_weights() {
+    for family in ["mixtral", "qwen3_moe"] {
+        let config = tiny_config(family);
+        let tensors = tiny_tensors(family, 11);
+        let base = temp_dir(&format!("{family}-single"));
+        write_checkpoint(&base, &config, &tensors, Dtype::F32, 1);
+        let reference = load(&base).unwrap().forward(&prompts(), None).unwrap();
+
+        let sharded = temp_dir(&format!("{family}-sharded"));
+        write_checkpoint(&sharded, &config, &tensors, Dtype::F32, 3);
+        assert!(!sharded.join("model.safetensors").exists());
+        let got = load(&sharded).unwrap().forward(&prompts(), None).unwrap();
+        assert_eq!(got, reference, "{family}: sharded checkpoint");
+
+        let fused = temp_dir(&format!("{family}-fused"));
+        write_checkpoint(
+            &fused,
+            &config,
+            &fuse_experts(&tensors, family),
+            Dtype::F32,
+            1,
+        );
+        let got = load(&fused).unwrap().forward(&prompts(), None).unwrap();
+        assert_close(&format!("{family} fused"), &got, &reference, 1e-6, 1e-6);
+
+        // bf16 on disk, f32 in memory: equal to the bf16-rounded weights as f32.
+        let rounded = Tensors(
+            tensors
+                .0
+                .iter()
+                .map(|(n, (shape, d))| {
+                    (
+                        n.clone(),
+                        (
+                            shape.clone(),
+                            d.iter().map(|v| bf16::from_f32(*v).to_f32()).collect(),
+                        ),
+                    )
+                })
+                .collect(),
+        );
+        let bf16_dir = temp_dir(&format!("{family}-bf16"));
+        write_checkpoint(&bf16_dir, &config, &tensors, Dtype::BF16, 1);
+        let rounded_dir = temp_dir(&format!("{family}-rounded"));
+        write_checkpoint(&rounded_dir, &config, &rounded, Dtype::F32, 1);
+        let got = load(&bf16_dir).unwrap().forward(&prompts(), None).unwrap();
+        let expect = load(&rounded_dir)
+            .unwrap()
+            .forward(&prompts(), None)
+            .unwrap();
+        assert_eq!(got, expect, "{family}: bf16 checkpoint");
+
+        // A bf16 run of the f32 checkpoint stays near the f32 run.
+        let text = std::fs::read_to_string(base.join("config.json")).unwrap();
+        let cfg = ModelConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        let half_model = Model::<bf16>::load(cfg, &Checkpoint::open(&base).unwrap()).unwrap();
+        let got = half_model.forward(&prompts(), None).unwrap();
+        assert_close(&format!("{family} bf16 run"), &got, &reference, 0.1, 0.1);
+
+        for d in [base, sharded, fused, bf16_dir, rounded_dir] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+}
+
+/// Writes a mixtral checkpoint after `edit` changes its config or tensors,
+/// and returns the load error.
+fn broken(tag: &str, edit: impl FnOnce(&mut Value, &mut Tensors)) -> String {
+    let mut config = tiny_config("mixtral");
+    let mut tensors = tiny_tensors("mixtral", 3);
+    edit(&mut config, &mut tensors);
+    let dir = temp_dir(tag);
+    write_checkpoint(&dir, &config, &tensors, Dtype::F32, 1);
+    let err = load_err(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    err
+}
+
+#[test]
+fn bad_folders_give_errors_naming_the_field_or_tensor() {
+    let missing = "model.layers.1.block_sparse_moe.experts.2.w3.weight";
+    let err = broken("missing", |_, t| {
+        t.0.remove(missing);
+    });
+    assert!(err.contains(missing) && err.contains("missing"), "{err}");
+
+    let wrong = "model.layers.0.self_attn.k_proj.weight";
+    let err = broken("shape", |_, t| {
+        t.0.insert(wrong.into(), (vec![8, 32], vec![0.5; 256]));
+    });
+    assert!(
+        err.contains(wrong) && err.contains("[8, 32]") && err.contains("[16, 32]"),
+        "{err}"
+    );
+
+    let err = broken("type", |c, _| c["model_type"] = json!("llama"));
+    assert!(err.contains("model_type") && err.contains("llama"), "{err}");
+
+    let err = broken("field", |c, _| {
+        c.as_object_mut().unwrap().remove("num_local_experts");
+    });
+    assert!(err.contains("num_local_experts"), "{err}");
+
+    let err = broken("rope", |c, _| {
+        c["rope_parameters"] = json!({"rope_type": "yarn", "factor": 4.0})
+    });
+    assert!(
+        err.contains("rope_parameters.rope_type") && err.contains("yarn"),
+        "{err}"
+    );
+
+    let err = broken("act", |c, _| c["hidden_act"] = json!("gelu"));
+    assert!(err.contains("hidden_act"), "{err}");
+
+    let err = broken("ffn", |c, t| {
+        c["intermediate_size"] = json!(24);
+        for (name, (shape, data)) in t.0.iter_mut() {
+            if name.contains(".experts.") {
+                let w2 = name.ends_with("w2.weight");
+                *shape = if w2 { vec![32, 24] } else { vec![24, 32] };
+                data.truncate(24 * 32);
+            }
+        }
+    });
+    assert!(
+        err.contains("intermediate_size") && err.contains("24"),
+        "{err}"
+    );
+
+    let empty = temp_dir("empty");
+    std::fs::write(
+        empty.join("config.json"),
+        tiny_config("mixtral").to_string(),
+    )
+    .unwrap();
+    let err = load_err(&empty);
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(empty.join("model.safetensors"), b"not a safetensors file").unwrap();
+    let err = load_err(&empty);
+    assert!(err.contains("safetensors"), "{err}");
+    std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn bad_inputs_give_errors() {
+    let config = ModelConfig::from_json(&demo::config_json()).unwrap();
+    let model = Model::<f32>::load(
+        config,
+        &demo::weights(&ModelConfig::from_json(&demo::config_json()).unwrap(), 1),
+    )
+    .unwrap();
+    let err = model
+        .forward(&[vec![1, 2, 600]], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("600") && err.contains("512"), "{err}");
+    let err = model
+        .forward(&[vec![1, 2], vec![3]], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one length"), "{err}");
+    let err = model.forward(&[], None).unwrap_err().to_string();
+    assert!(err.contains("at least one"), "{err}");
+    let mut cache = KvCache::new(&model, 2);
+    let err = model
+        .forward(&[vec![1]], Some(&mut cache))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("KV cache"), "{err}");
+}
+
+#[test]
+fn demo_model_generates_deterministically() {
+    let config = ModelConfig::from_json(&demo::config_json()).unwrap();
+    let model = Model::<f32>::load(config.clone(), &demo::weights(&config, 5)).unwrap();
+    let a = model.generate(&[vec![1, 2, 3, 4]], 6).unwrap();
+    let b = model.generate(&[vec![1, 2, 3, 4]], 6).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.tokens[0].len(), 10);
+    assert!(a.tokens[0]
+        .iter()
+        .all(|&t| (t as usize) < config.vocab_size));
+}
+
+/// Reads a little-endian f32 `.npy` of rank 3.
+fn read_npy(path: &Path) -> Array3<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an .npy file",
+        path.display()
+    );
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(
+        header.contains("'<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    assert_eq!(shape.len(), 3, "{header}");
+    let data: Vec<f32> = bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Array3::from_shape_vec((shape[0], shape[1], shape[2]), data).unwrap()
+}
+
+#[test]
+fn npy_output_round_trips() {
+    let a = Array3::from_shape_fn((2, 3, 5), |(i, j, k)| (i * 100 + j * 10 + k) as f32 - 0.5);
+    let path =
+        std::env::temp_dir().join(format!("dropless-generate-npy-{}.npy", std::process::id()));
+    npy::write(&path, &a).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        (bytes.len() - 4 * a.len()) % 64,
+        0,
+        "header must pad to 64 bytes"
+    );
+    assert_eq!(read_npy(&path), a);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn f32_logits_match_transformers_on_committed_fixtures() {
+    let mut checked = 0;
+    for family in ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe"] {
+        let dir = Path::new("tests/fixtures").join(family);
+        if !dir.join("logits.npy").exists() {
+            eprintln!(
+                "skipping {family}: {} has no fixture (run scripts/make-hf-fixtures.py)",
+                dir.display()
+            );
+            continue;
+        }
+        let prompt: Vec<Vec<u32>> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("prompt.json")).unwrap())
+                .unwrap();
+        let expect = read_npy(&dir.join("logits.npy"));
+        let model = load(&dir).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let got = model.forward(&prompt, None).unwrap();
+        assert_close(
+            &format!("{family} vs transformers"),
+            &got,
+            &expect,
+            1e-4,
+            1e-4,
+        );
+        checked += 1;
+    }
+    eprintln!("{checked} families checked against transformers");
+}
