@@ -26,7 +26,9 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayD, ArrayView2};
 
-use crate::cuda::moe::{DeviceMoeSaved, DeviceMoeWeights};
+use crate::cuda::moe::{
+    backward, forward_train, DeviceMoeGradients, DeviceMoeOutput, DeviceMoeSaved, DeviceMoeWeights,
+};
 use crate::cuda::{CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
@@ -101,112 +103,65 @@ impl<T: DeviceElement> Tensor<T> {
     }
 }
 
-/// An element type the layer runs in: f32 (CPU only), f16, bf16.
+/// The device entry points of one element type (bf16 and f16 have them).
+#[doc(hidden)]
+pub struct CudaOps<T> {
+    forward: CudaForward<T>,
+    backward: CudaBackward<T>,
+    upload: CudaUpload<T>,
+}
+
+type CudaForward<T> = fn(
+    &CudaBackend,
+    &MoeConfig,
+    &DeviceMoeWeights<T>,
+    &DeviceTensor<T>,
+) -> Result<(DeviceMoeOutput<T>, DeviceMoeSaved<T>)>;
+type CudaBackward<T> = fn(
+    &CudaBackend,
+    &MoeConfig,
+    &DeviceMoeWeights<T>,
+    &DeviceMoeSaved<T>,
+    &DeviceTensor<T>,
+    AuxLossCoefficients,
+) -> Result<DeviceMoeGradients<T>>;
+type CudaUpload<T> = fn(&CudaBackend, &MoeConfig, &MoeWeights<T>) -> Result<DeviceMoeWeights<T>>;
+
+/// An element type the layer runs in: f32 (CPU only), f16 and bf16 (both
+/// backends).
 pub trait LayerElement: Element + DeviceElement {
-    /// The device forward for this type.
+    /// The CUDA path for this type, `None` where the kernels do not take it.
     #[doc(hidden)]
-    fn cuda_forward(
-        backend: &CudaBackend,
-        config: &MoeConfig,
-        weights: &DeviceMoeWeights<Self>,
-        x: &DeviceTensor<Self>,
-    ) -> Result<(
-        crate::cuda::moe::DeviceMoeOutput<Self>,
-        DeviceMoeSaved<Self>,
-    )>;
-    /// The device backward for this type.
-    #[doc(hidden)]
-    fn cuda_backward(
-        backend: &CudaBackend,
-        config: &MoeConfig,
-        weights: &DeviceMoeWeights<Self>,
-        saved: &DeviceMoeSaved<Self>,
-        grad_output: &DeviceTensor<Self>,
-        aux: AuxLossCoefficients,
-    ) -> Result<crate::cuda::moe::DeviceMoeGradients<Self>>;
-    /// Uploads host weights for this type.
-    #[doc(hidden)]
-    fn upload_weights(
-        backend: &CudaBackend,
-        config: &MoeConfig,
-        weights: &MoeWeights<Self>,
-    ) -> Result<DeviceMoeWeights<Self>>;
-}
-
-macro_rules! mma_layer_element {
-    ($t:ty) => {
-        impl LayerElement for $t {
-            fn cuda_forward(
-                backend: &CudaBackend,
-                config: &MoeConfig,
-                weights: &DeviceMoeWeights<Self>,
-                x: &DeviceTensor<Self>,
-            ) -> Result<(
-                crate::cuda::moe::DeviceMoeOutput<Self>,
-                DeviceMoeSaved<Self>,
-            )> {
-                crate::cuda::moe::forward_train(backend, config, weights, x)
-            }
-            fn cuda_backward(
-                backend: &CudaBackend,
-                config: &MoeConfig,
-                weights: &DeviceMoeWeights<Self>,
-                saved: &DeviceMoeSaved<Self>,
-                grad_output: &DeviceTensor<Self>,
-                aux: AuxLossCoefficients,
-            ) -> Result<crate::cuda::moe::DeviceMoeGradients<Self>> {
-                crate::cuda::moe::backward(backend, config, weights, saved, grad_output, aux)
-            }
-            fn upload_weights(
-                backend: &CudaBackend,
-                config: &MoeConfig,
-                weights: &MoeWeights<Self>,
-            ) -> Result<DeviceMoeWeights<Self>> {
-                DeviceMoeWeights::from_host(backend, config, weights)
-            }
-        }
-    };
-}
-mma_layer_element!(bf16);
-mma_layer_element!(f16);
-
-fn f32_on_cuda() -> Error {
-    Error::DTypeMismatch {
-        op: "DroplessMoe (CUDA)",
-        expected: "bf16 or f16 (the tensor-core kernels)".into(),
-        found: "f32; use bf16/f16 on the GPU, or the CPU backend for f32".into(),
-    }
+    const CUDA: Option<CudaOps<Self>>;
 }
 
 impl LayerElement for f32 {
-    fn cuda_forward(
-        _: &CudaBackend,
-        _: &MoeConfig,
-        _: &DeviceMoeWeights<Self>,
-        _: &DeviceTensor<Self>,
-    ) -> Result<(
-        crate::cuda::moe::DeviceMoeOutput<Self>,
-        DeviceMoeSaved<Self>,
-    )> {
-        Err(f32_on_cuda())
-    }
-    fn cuda_backward(
-        _: &CudaBackend,
-        _: &MoeConfig,
-        _: &DeviceMoeWeights<Self>,
-        _: &DeviceMoeSaved<Self>,
-        _: &DeviceTensor<Self>,
-        _: AuxLossCoefficients,
-    ) -> Result<crate::cuda::moe::DeviceMoeGradients<Self>> {
-        Err(f32_on_cuda())
-    }
-    fn upload_weights(
-        _: &CudaBackend,
-        _: &MoeConfig,
-        _: &MoeWeights<Self>,
-    ) -> Result<DeviceMoeWeights<Self>> {
-        Err(f32_on_cuda())
-    }
+    const CUDA: Option<CudaOps<Self>> = None;
+}
+
+impl LayerElement for bf16 {
+    const CUDA: Option<CudaOps<Self>> = Some(CudaOps {
+        forward: forward_train::<bf16>,
+        backward: backward::<bf16>,
+        upload: DeviceMoeWeights::<bf16>::from_host,
+    });
+}
+
+impl LayerElement for f16 {
+    const CUDA: Option<CudaOps<Self>> = Some(CudaOps {
+        forward: forward_train::<f16>,
+        backward: backward::<f16>,
+        upload: DeviceMoeWeights::<f16>::from_host,
+    });
+}
+
+/// The CUDA path of `T`, or the error that says which types it takes.
+fn cuda_ops<T: LayerElement>() -> Result<CudaOps<T>> {
+    T::CUDA.ok_or_else(|| Error::DTypeMismatch {
+        op: "DroplessMoe (CUDA)",
+        expected: "bf16 or f16 (the tensor-core kernels)".into(),
+        found: format!("{}; use bf16/f16 on the GPU, or the CPU backend", T::DTYPE),
+    })
 }
 
 enum Weights<T> {
@@ -273,7 +228,7 @@ impl<T: LayerElement> DroplessMoe<T> {
         weights.check(&config)?;
         let weights = match &backend {
             Backend::Cpu => Weights::Host(weights),
-            Backend::Cuda(b) => Weights::Device(T::upload_weights(b, &config, &weights)?),
+            Backend::Cuda(b) => Weights::Device((cuda_ops::<T>()?.upload)(b, &config, &weights)?),
         };
         Ok(DroplessMoe {
             config,
@@ -333,7 +288,7 @@ impl<T: LayerElement> DroplessMoe<T> {
                 let Backend::Cuda(b) = &self.backend else {
                     return Err(wrong_backend());
                 };
-                let (out, saved) = T::cuda_forward(b, &self.config, w, x)?;
+                let (out, saved) = (cuda_ops::<T>()?.forward)(b, &self.config, w, x)?;
                 let forward = MoeForward {
                     output: Tensor::Device(out.output),
                     expert_ids: Tensor::Device(saved.routing.expert_ids.try_clone(b)?),
@@ -384,7 +339,7 @@ impl<T: LayerElement> DroplessMoe<T> {
                 let Backend::Cuda(b) = &self.backend else {
                     return Err(wrong_backend());
                 };
-                let grads = T::cuda_backward(b, &self.config, w, s, g, aux)?;
+                let grads = (cuda_ops::<T>()?.backward)(b, &self.config, w, s, g, aux)?;
                 Ok(MoeGrads {
                     x: Tensor::Device(grads.x),
                     router: Tensor::Device(grads.router),
