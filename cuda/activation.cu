@@ -9,6 +9,14 @@
 
 namespace {
 
+// The next index of a grid-stride loop over [0, n), or n when the stride
+// would reach past it: i + stride is only formed below n, so it never
+// overflows i32 even for n close to INT32_MAX.
+__device__ __forceinline__ int32_t next_index(int32_t i, int32_t n) {
+  const int32_t stride = gridDim.x * blockDim.x;
+  return n - i > stride ? i + stride : n;
+}
+
 __device__ __forceinline__ float gelu_f(float x) {
   const float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
   const float k1 = 0.044715f;
@@ -39,7 +47,7 @@ template <typename T>
 __device__ void gelu_impl(const T* __restrict__ x, T* __restrict__ y, const int32_t* num_blocks,
                           int32_t block_elems, int32_t capacity) {
   const int32_t n = live_elems(num_blocks, block_elems, capacity);
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     y[i] = dl::from_f32<T>(gelu_f(dl::to_f32(x[i])));
   }
 }
@@ -49,7 +57,7 @@ __device__ void gelu_backward_impl(const T* __restrict__ grad_y, const T* __rest
                                    T* __restrict__ grad_x, const int32_t* num_blocks,
                                    int32_t block_elems, int32_t capacity) {
   const int32_t n = live_elems(num_blocks, block_elems, capacity);
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     grad_x[i] = dl::from_f32<T>(dl::to_f32(grad_y[i]) * gelu_grad_f(dl::to_f32(x[i])));
   }
 }
@@ -59,7 +67,7 @@ __device__ void silu_mul_impl(const T* __restrict__ gate, const T* __restrict__ 
                               T* __restrict__ y, const int32_t* num_blocks, int32_t block_elems,
                               int32_t capacity) {
   const int32_t n = live_elems(num_blocks, block_elems, capacity);
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     const float g = dl::to_f32(gate[i]);
     y[i] = dl::from_f32<T>(g * sigmoid_f(g) * dl::to_f32(up[i]));
   }
@@ -71,7 +79,7 @@ __device__ void silu_mul_backward_impl(const T* __restrict__ grad_y, const T* __
                                        T* __restrict__ grad_up, const int32_t* num_blocks,
                                        int32_t block_elems, int32_t capacity) {
   const int32_t n = live_elems(num_blocks, block_elems, capacity);
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     const float dy = dl::to_f32(grad_y[i]);
     const float g = dl::to_f32(gate[i]);
     const float u = dl::to_f32(up[i]);

@@ -20,10 +20,11 @@
 //     = 16 chunks per 256-byte row; chunk c of row k at k*16 + (c ^ (k&7)).
 // K-major operands are read with ldmatrix, MN-major ones with ldmatrix.trans.
 //
-// Index arithmetic is i32: the Rust wrappers check that every tensor (and the
-// sparse value buffer) holds at most i32::MAX elements, so every in-bounds
-// element offset fits. Offsets of out-of-bounds (predicated) elements are never
-// formed: they are replaced by 0 before any multiplication.
+// Index arithmetic is i32: every device buffer holds at most i32::MAX elements
+// (DeviceTensor refuses larger ones; the wrappers check the output shapes and
+// grid), so every in-bounds element offset fits. Offsets of out-of-bounds
+// (predicated) elements are never formed: they are replaced by 0 before any
+// multiplication.
 //
 // Dense edges: K (SDD), N (DSD) are multiples of 8, so a 16-byte chunk is
 // either fully inside or fully outside; M of DDS is predicated per row.

@@ -79,7 +79,11 @@ __device__ void combine_impl(const T* __restrict__ y, int32_t rows,
     float acc = 0.0f;
     for (int32_t j = 0; j < top_k; ++j) {
       const int32_t s = slot_of[t * top_k + j];
-      if (s >= 0 && s < rows) acc += weights[t * top_k + j] * dl::to_f32(y[s * hidden + c]);
+      if (s >= 0 && s < rows) {
+        // Product, then sum, each rounded (no FMA contraction): the CPU
+        // reference's `acc += w * v`.
+        acc = __fadd_rn(acc, __fmul_rn(weights[t * top_k + j], dl::to_f32(y[s * hidden + c])));
+      }
     }
     out[i] = dl::from_f32<T>(acc);
   }

@@ -4,16 +4,24 @@
 
 namespace {
 
+// The next index of a grid-stride loop over [0, n), or n when the stride
+// would reach past it: i + stride is only formed below n, so it never
+// overflows i32 even for n close to INT32_MAX.
+__device__ __forceinline__ int32_t next_index(int32_t i, int32_t n) {
+  const int32_t stride = gridDim.x * blockDim.x;
+  return n - i > stride ? i + stride : n;
+}
+
 template <typename S, typename D>
 __device__ void cast_impl(const S* __restrict__ src, D* __restrict__ dst, int32_t n) {
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     dst[i] = dl::from_f32<D>(dl::to_f32(src[i]));
   }
 }
 
 template <typename T>
 __device__ void add_assign_impl(T* __restrict__ acc, const T* __restrict__ x, int32_t n) {
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     acc[i] = dl::from_f32<T>(dl::to_f32(acc[i]) + dl::to_f32(x[i]));
   }
 }

@@ -22,234 +22,21 @@ mod model;
 #[allow(dead_code)]
 #[path = "../examples/generate/npy.rs"]
 mod npy;
+#[allow(dead_code)]
+#[path = "common/checkpoint.rs"]
+mod writer;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::bf16;
 use ndarray::{s, Array3};
-use rand::{Rng, SeedableRng};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 
 use checkpoint::Checkpoint;
 use config::ModelConfig;
 use model::{KvCache, Model};
-
-/// A checkpoint under construction: tensors by name, as f32.
-struct Tensors(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
-
-impl Tensors {
-    fn add(&mut self, rng: &mut rand::rngs::StdRng, name: String, shape: &[usize]) {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if shape.len() == 1 && !name.ends_with("bias") {
-            (0..n).map(|_| 1.0 + rng.gen_range(-0.2..0.2)).collect()
-        } else {
-            let scale = 1.0 / (*shape.last().unwrap() as f32).sqrt();
-            (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-        };
-        self.0.insert(name, (shape.to_vec(), data));
-    }
-}
-
-/// A tiny config.json of `family` (experts' ffn 32, divisible by 16).
-fn tiny_config(family: &str) -> Value {
-    let mut c = json!({
-        "model_type": family,
-        "vocab_size": 40,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "num_experts_per_tok": 2,
-        "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
-        "tie_word_embeddings": false,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}
-    });
-    let extra = match family {
-        "mixtral" => json!({"num_local_experts": 4, "intermediate_size": 32, "head_dim": null}),
-        "qwen3_moe" => {
-            json!({"num_experts": 4, "moe_intermediate_size": 32, "intermediate_size": 48,
-                               "norm_topk_prob": true, "mlp_only_layers": [1], "decoder_sparse_step": 1})
-        }
-        "olmoe" => {
-            json!({"num_experts": 4, "intermediate_size": 32, "norm_topk_prob": false, "clip_qkv": 1.5})
-        }
-        "qwen2_moe" => {
-            json!({"num_experts": 4, "moe_intermediate_size": 32, "intermediate_size": 48,
-                               "shared_expert_intermediate_size": 48, "norm_topk_prob": false})
-        }
-        other => panic!("no tiny config for {other}"),
-    };
-    for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    c
-}
-
-/// Random weights in `family`'s real tensor names for `tiny_config(family)`.
-fn tiny_tensors(family: &str, seed: u64) -> Tensors {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut t = Tensors(BTreeMap::new());
-    let (v, h, d, hq, hkv, e, i, dense) = (40, 32, 8, 4, 2, 4, 32, 48);
-    t.add(&mut rng, "model.embed_tokens.weight".into(), &[v, h]);
-    t.add(&mut rng, "lm_head.weight".into(), &[v, h]);
-    t.add(&mut rng, "model.norm.weight".into(), &[h]);
-    for l in 0..2 {
-        let p = format!("model.layers.{l}");
-        t.add(&mut rng, format!("{p}.input_layernorm.weight"), &[h]);
-        t.add(
-            &mut rng,
-            format!("{p}.post_attention_layernorm.weight"),
-            &[h],
-        );
-        for (name, rows) in [("q_proj", hq * d), ("k_proj", hkv * d), ("v_proj", hkv * d)] {
-            t.add(&mut rng, format!("{p}.self_attn.{name}.weight"), &[rows, h]);
-            if family == "qwen2_moe" {
-                t.add(&mut rng, format!("{p}.self_attn.{name}.bias"), &[rows]);
-            }
-        }
-        t.add(
-            &mut rng,
-            format!("{p}.self_attn.o_proj.weight"),
-            &[h, hq * d],
-        );
-        match family {
-            "qwen3_moe" => {
-                t.add(&mut rng, format!("{p}.self_attn.q_norm.weight"), &[d]);
-                t.add(&mut rng, format!("{p}.self_attn.k_norm.weight"), &[d]);
-            }
-            "olmoe" => {
-                t.add(&mut rng, format!("{p}.self_attn.q_norm.weight"), &[hq * d]);
-                t.add(&mut rng, format!("{p}.self_attn.k_norm.weight"), &[hkv * d]);
-            }
-            _ => {}
-        }
-        if family == "qwen3_moe" && l == 1 {
-            t.add(&mut rng, format!("{p}.mlp.gate_proj.weight"), &[dense, h]);
-            t.add(&mut rng, format!("{p}.mlp.up_proj.weight"), &[dense, h]);
-            t.add(&mut rng, format!("{p}.mlp.down_proj.weight"), &[h, dense]);
-            continue;
-        }
-        let (m, gate, up, down) = match family {
-            "mixtral" => (format!("{p}.block_sparse_moe"), "w1", "w3", "w2"),
-            _ => (format!("{p}.mlp"), "gate_proj", "up_proj", "down_proj"),
-        };
-        t.add(&mut rng, format!("{m}.gate.weight"), &[e, h]);
-        for x in 0..e {
-            t.add(&mut rng, format!("{m}.experts.{x}.{gate}.weight"), &[i, h]);
-            t.add(&mut rng, format!("{m}.experts.{x}.{up}.weight"), &[i, h]);
-            t.add(&mut rng, format!("{m}.experts.{x}.{down}.weight"), &[h, i]);
-        }
-        if family == "qwen2_moe" {
-            t.add(
-                &mut rng,
-                format!("{m}.shared_expert.gate_proj.weight"),
-                &[dense, h],
-            );
-            t.add(
-                &mut rng,
-                format!("{m}.shared_expert.up_proj.weight"),
-                &[dense, h],
-            );
-            t.add(
-                &mut rng,
-                format!("{m}.shared_expert.down_proj.weight"),
-                &[h, dense],
-            );
-            t.add(&mut rng, format!("{m}.shared_expert_gate.weight"), &[1, h]);
-        }
-    }
-    t
-}
-
-/// Rewrites the per-expert tensors of every MoE layer into the
-/// transformers-5 fused layout under `mlp.experts.{gate_up_proj, down_proj}`.
-fn fuse_experts(t: &Tensors, family: &str) -> Tensors {
-    let (e, i, h) = (4, 32, 32);
-    let (old_block, gate, up, down) = match family {
-        "mixtral" => ("block_sparse_moe", "w1", "w3", "w2"),
-        _ => ("mlp", "gate_proj", "up_proj", "down_proj"),
-    };
-    let mut out = BTreeMap::new();
-    for (name, value) in &t.0 {
-        if !name.contains(".experts.") {
-            out.insert(name.replace(old_block, "mlp"), value.clone());
-        }
-    }
-    for l in 0..2 {
-        let m = format!("model.layers.{l}.{old_block}");
-        if !t.0.contains_key(&format!("{m}.gate.weight")) {
-            continue;
-        }
-        let mut gate_up = Vec::with_capacity(e * 2 * i * h);
-        let mut down_all = Vec::with_capacity(e * h * i);
-        for x in 0..e {
-            gate_up.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{gate}.weight")].1);
-            gate_up.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{up}.weight")].1);
-            down_all.extend_from_slice(&t.0[&format!("{m}.experts.{x}.{down}.weight")].1);
-        }
-        let f = format!("model.layers.{l}.mlp.experts");
-        out.insert(format!("{f}.gate_up_proj"), (vec![e, 2 * i, h], gate_up));
-        out.insert(format!("{f}.down_proj"), (vec![e, h, i], down_all));
-    }
-    Tensors(out)
-}
-
-/// A fresh empty folder under the system temp dir.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dropless-generate-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes config.json and the tensors (as `dtype`, in `shards` files with an
-/// index when `shards > 1`) into `dir`.
-fn write_checkpoint(dir: &Path, config: &Value, t: &Tensors, dtype: Dtype, shards: usize) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(config).unwrap(),
-    )
-    .unwrap();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        t.0.iter()
-            .map(|(name, (shape, data))| {
-                let b = match dtype {
-                    Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    Dtype::BF16 => data
-                        .iter()
-                        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                    other => panic!("unsupported test dtype {other:?}"),
-                };
-                (name.clone(), shape.clone(), b)
-            })
-            .collect();
-    let per_shard = bytes.len().div_ceil(shards);
-    let mut weight_map = serde_json::Map::new();
-    for (s, chunk) in bytes.chunks(per_shard).enumerate() {
-        let file = if shards == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", s + 1, shards)
-        };
-        let views: Vec<(String, TensorView)> = chunk
-            .iter()
-            .map(|(n, shape, b)| (n.clone(), TensorView::new(dtype, shape.clone(), b).unwrap()))
-            .collect();
-        for (n, _, _) in chunk {
-            weight_map.insert(n.clone(), Value::String(file.clone()));
-        }
-        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
-    }
-    if shards > 1 {
-        let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    }
-}
+use writer::{fuse_experts, temp_dir, tiny_config, tiny_tensors, write_checkpoint, Tensors, TINY};
 
 /// Loads a checkpoint folder as an f32 model.
 fn load(dir: &Path) -> error::Result<Model<f32>> {
@@ -333,8 +120,8 @@ fn every_family_loads_runs_and_cached_decoding_matches_full_forward() {
         let dir = temp_dir(family);
         write_checkpoint(
             &dir,
-            &tiny_config(family),
-            &tiny_tensors(family, 7),
+            &tiny_config(family, &TINY),
+            &tiny_tensors(family, &TINY, 7),
             Dtype::F32,
             1,
         );
@@ -350,8 +137,8 @@ fn every_family_loads_runs_and_cached_decoding_matches_full_forward() {
 #[test]
 fn sharded_fused_and_bf16_checkpoints_load_the_same_weights() {
     for family in ["mixtral", "qwen3_moe"] {
-        let config = tiny_config(family);
-        let tensors = tiny_tensors(family, 11);
+        let config = tiny_config(family, &TINY);
+        let tensors = tiny_tensors(family, &TINY, 11);
         let base = temp_dir(&format!("{family}-single"));
         write_checkpoint(&base, &config, &tensors, Dtype::F32, 1);
         let reference = load(&base).unwrap().forward(&prompts(), None).unwrap();
@@ -366,7 +153,7 @@ fn sharded_fused_and_bf16_checkpoints_load_the_same_weights() {
         write_checkpoint(
             &fused,
             &config,
-            &fuse_experts(&tensors, family),
+            &fuse_experts(&tensors, family, &TINY),
             Dtype::F32,
             1,
         );
@@ -416,8 +203,8 @@ fn sharded_fused_and_bf16_checkpoints_load_the_same_weights() {
 /// Writes a mixtral checkpoint after `edit` changes its config or tensors,
 /// and returns the load error.
 fn broken(tag: &str, edit: impl FnOnce(&mut Value, &mut Tensors)) -> String {
-    let mut config = tiny_config("mixtral");
-    let mut tensors = tiny_tensors("mixtral", 3);
+    let mut config = tiny_config("mixtral", &TINY);
+    let mut tensors = tiny_tensors("mixtral", &TINY, 3);
     edit(&mut config, &mut tensors);
     let dir = temp_dir(tag);
     write_checkpoint(&dir, &config, &tensors, Dtype::F32, 1);
@@ -480,7 +267,7 @@ fn bad_folders_give_errors_naming_the_field_or_tensor() {
     let empty = temp_dir("empty");
     std::fs::write(
         empty.join("config.json"),
-        tiny_config("mixtral").to_string(),
+        tiny_config("mixtral", &TINY).to_string(),
     )
     .unwrap();
     let err = load_err(&empty);

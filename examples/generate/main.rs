@@ -11,6 +11,10 @@
 //! Without `--model` a built-in demo model (small Mixtral-like config, seeded
 //! random weights) runs. `--prompt-ids` repeats for a batch of equal-length
 //! sequences; `--prompt` needs `tokenizer.json` in the model folder.
+//! `--device auto` (the default) takes the GPU when one works and the model
+//! fits the GPU kernels (expert FFN a multiple of 128, hidden a multiple of
+//! 8), else the CPU. The CPU runs f32 by default, the GPU bf16 (f16 on
+//! request; f32 is CPU-only).
 //! `--logits-out` writes the prompt forward's logits (no cache) as a
 //! `[batch, seq, vocab]` little-endian f32 `.npy`. Generation always produces
 //! `--max-new-tokens` tokens (no stop on end-of-sequence).
@@ -19,19 +23,25 @@ mod checkpoint;
 mod config;
 mod demo;
 mod error;
+mod gpu;
 mod model;
 mod npy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use dropless::cuda::CudaBackend;
+use dropless::layer::Backend;
 use dropless::{DType, Element};
 use half::{bf16, f16};
+use ndarray::Array3;
 
 use crate::checkpoint::{Checkpoint, TensorSource};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::model::Model;
+use crate::gpu::{GpuElement, GpuModel};
+use crate::model::{Generation, Model};
 
 /// The `--device` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,31 +51,57 @@ enum DeviceChoice {
     Cuda,
 }
 
-/// The device the model runs on. The CUDA backend slots in as a second
-/// variant once the GPU attention, norm and RoPE kernels exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The device the model runs on.
+#[derive(Debug, Clone)]
 enum Device {
-    /// The ndarray CPU reference.
+    /// The ndarray CPU reference (f32, bf16 or f16; f32 by default).
     Cpu,
+    /// The CUDA kernels (bf16 or f16; bf16 by default).
+    Cuda(Arc<CudaBackend>),
 }
 
 impl Device {
-    /// The CUDA device, or why it cannot be used.
-    fn cuda() -> Result<Device, String> {
-        dropless::cuda::CudaBackend::try_new().map_err(|e| e.to_string())?;
-        Err("the generate example's CUDA path is not wired yet (it needs the GPU attention, RMSNorm and RoPE ops)".into())
-    }
-
-    /// Resolves the `--device` choice: `auto` falls back to the CPU, saying why.
-    fn select(choice: DeviceChoice) -> Result<Device> {
+    /// Resolves the `--device` choice for the `--dtype` asked for: `auto`
+    /// takes the GPU when one works and the dtype allows it, else the CPU,
+    /// saying why.
+    fn select(choice: DeviceChoice, dtype: Option<DType>) -> Result<Device> {
+        const F32_CPU_ONLY: &str =
+            "--dtype f32 runs on the CPU only; the GPU path runs bf16 (its default) or f16";
         match choice {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Device::cuda()
-                .map_err(|e| ModelError::Input(format!("--device cuda: {e}; use --device cpu"))),
-            DeviceChoice::Auto => Device::cuda().or_else(|e| {
+            DeviceChoice::Cuda if dtype == Some(DType::F32) => Err(ModelError::Input(format!(
+                "--device cuda: {F32_CPU_ONLY}: drop --dtype f32, or use --device cpu"
+            ))),
+            DeviceChoice::Auto if dtype == Some(DType::F32) => {
+                eprintln!("--device auto: {F32_CPU_ONLY}; running on the CPU");
+                Ok(Device::Cpu)
+            }
+            DeviceChoice::Cuda | DeviceChoice::Auto => match (Backend::auto(), choice) {
+                ((Backend::Cuda(backend), _), _) => Ok(Device::Cuda(backend)),
+                ((Backend::Cpu, why), DeviceChoice::Cuda) => Err(ModelError::Input(format!(
+                    "--device cuda: no usable GPU ({}); use --device cpu",
+                    why.map_or_else(|| "unknown reason".to_string(), |e| e.to_string())
+                ))),
+                ((Backend::Cpu, why), _) => {
+                    if let Some(why) = why {
+                        eprintln!("--device auto: no usable GPU ({why}); falling back to the CPU");
+                    }
+                    Ok(Device::Cpu)
+                }
+            },
+        }
+    }
+
+    /// Keeps the GPU only when `config` fits its kernels: `auto` falls back
+    /// to the CPU, saying why; `cuda` fails naming the config field.
+    fn for_model(self, choice: DeviceChoice, config: &ModelConfig) -> Result<Device> {
+        match (&self, gpu::check_supported(config)) {
+            (Device::Cuda(_), Err(e)) if choice == DeviceChoice::Auto => {
                 eprintln!("--device auto: {e}; falling back to the CPU");
                 Ok(Device::Cpu)
-            }),
+            }
+            (Device::Cuda(_), Err(e)) => Err(e),
+            _ => Ok(self),
         }
     }
 }
@@ -74,7 +110,44 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu (dropless CPU reference)"),
+            Device::Cuda(backend) => {
+                let name = backend
+                    .context()
+                    .name()
+                    .unwrap_or_else(|_| "unnamed GPU".into());
+                write!(
+                    f,
+                    "cuda {} ({name}, dropless CUDA kernels)",
+                    backend.context().ordinal()
+                )
+            }
         }
+    }
+}
+
+/// What the output needs from a model, on either device.
+trait LanguageModel {
+    /// The prompt forward's logits `[batch, seq, vocab]` (no cache).
+    fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>>;
+    /// Greedy generation with a KV cache.
+    fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation>;
+}
+
+impl<T: Element> LanguageModel for Model<T> {
+    fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>> {
+        self.forward(prompts, None)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
+        Model::generate(self, prompts, max_new_tokens)
+    }
+}
+
+impl<T: GpuElement> LanguageModel for GpuModel<T> {
+    fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>> {
+        self.forward(prompts, None)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
+        GpuModel::generate(self, prompts, max_new_tokens)
     }
 }
 
@@ -85,7 +158,8 @@ struct Args {
     prompt: Option<String>,
     max_new_tokens: usize,
     device: DeviceChoice,
-    dtype: DType,
+    /// `None`: f32 on the CPU, bf16 on the GPU.
+    dtype: Option<DType>,
     logits_out: Option<PathBuf>,
 }
 
@@ -112,7 +186,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
         prompt: None,
         max_new_tokens: 16,
         device: DeviceChoice::Auto,
-        dtype: DType::F32,
+        dtype: None,
         logits_out: None,
     };
     let mut it = argv.into_iter();
@@ -146,7 +220,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
                 }
             }
             "--dtype" => {
-                args.dtype = match value()?.as_str() {
+                args.dtype = Some(match value()?.as_str() {
                     "f32" => DType::F32,
                     "bf16" => DType::BF16,
                     "f16" => DType::F16,
@@ -155,7 +229,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
                             "--dtype takes f32, bf16 or f16, found {v}"
                         )))
                     }
-                }
+                })
             }
             "--logits-out" => args.logits_out = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(ModelError::Input(USAGE.into())),
@@ -187,31 +261,29 @@ fn tokenizer(dir: Option<&Path>) -> Result<tokenizers::Tokenizer> {
         .map_err(|e| ModelError::file(&path, format!("cannot load the tokenizer: {e}")))
 }
 
-/// Loads the model as `T`, runs the prompts and prints the results.
-fn run<T: Element, S: TensorSource>(
-    args: &Args,
-    device: Device,
-    config: ModelConfig,
-    src: &S,
-) -> Result<()> {
-    let model = Model::<T>::load(config, src)?;
-    let tok = match &args.prompt {
-        Some(_) => Some(tokenizer(args.model.as_deref())?),
-        None => None,
+/// The prompts of the command line (tokenized `--prompt`, `--prompt-ids`,
+/// or `1..=8`) and the tokenizer when `--prompt` needs one.
+fn prompts(args: &Args) -> Result<(Vec<Vec<u32>>, Option<tokenizers::Tokenizer>)> {
+    let Some(text) = &args.prompt else {
+        let prompts = if args.prompt_ids.is_empty() {
+            vec![(1..=8).collect()]
+        } else {
+            args.prompt_ids.clone()
+        };
+        return Ok((prompts, None));
     };
-    let prompts = match (&args.prompt, &tok) {
-        (Some(text), Some(tok)) => {
-            let enc = tok
-                .encode(text.as_str(), true)
-                .map_err(|e| ModelError::Input(format!("cannot tokenize --prompt: {e}")))?;
-            vec![enc.get_ids().to_vec()]
-        }
-        _ if args.prompt_ids.is_empty() => vec![(1..=8).collect()],
-        _ => args.prompt_ids.clone(),
-    };
+    let tok = tokenizer(args.model.as_deref())?;
+    let enc = tok
+        .encode(text.as_str(), true)
+        .map_err(|e| ModelError::Input(format!("cannot tokenize --prompt: {e}")))?;
+    Ok((vec![enc.get_ids().to_vec()], Some(tok)))
+}
+
+/// Runs the prompts through `model` and prints the results.
+fn run(args: &Args, device: &Device, dtype: DType, model: &dyn LanguageModel) -> Result<()> {
+    let (prompts, tok) = prompts(args)?;
     if let Some(path) = &args.logits_out {
-        let logits = model.forward(&prompts, None)?;
-        npy::write(path, &logits)?;
+        npy::write(path, &model.logits(&prompts)?)?;
     }
     let generation = model.generate(&prompts, args.max_new_tokens)?;
     for (b, seq) in generation.tokens.iter().enumerate() {
@@ -238,37 +310,64 @@ fn run<T: Element, S: TensorSource>(
         generation.decode_secs,
         rate(decode_tokens, generation.decode_secs)
     );
-    println!("device: {device}, dtype {}", T::DTYPE);
+    println!("device: {device}, dtype {dtype}");
     Ok(())
 }
 
-/// Dispatches on the run dtype.
-fn run_dtype<S: TensorSource>(
+/// Loads the model as `T` on the CPU and runs it.
+fn run_cpu<T: Element, S: TensorSource>(args: &Args, config: ModelConfig, src: &S) -> Result<()> {
+    let model = Model::<T>::load(config, src)?;
+    run(args, &Device::Cpu, T::DTYPE, &model)
+}
+
+/// Loads the model as `T`, uploads it to the GPU (dropping the host copy)
+/// and runs it.
+fn run_gpu<T: GpuElement, S: TensorSource>(
+    args: &Args,
+    backend: &Arc<CudaBackend>,
+    config: ModelConfig,
+    src: &S,
+) -> Result<()> {
+    let model = GpuModel::upload(Arc::clone(backend), Model::<T>::load(config, src)?)?;
+    run(args, &Device::Cuda(Arc::clone(backend)), T::DTYPE, &model)
+}
+
+/// Picks the device for `config` and dispatches on the run dtype.
+fn run_on<S: TensorSource>(
     args: &Args,
     device: Device,
     config: ModelConfig,
     src: &S,
 ) -> Result<()> {
-    match args.dtype {
-        DType::F32 => run::<f32, S>(args, device, config, src),
-        DType::BF16 => run::<bf16, S>(args, device, config, src),
-        DType::F16 => run::<f16, S>(args, device, config, src),
+    match device.for_model(args.device, &config)? {
+        Device::Cpu => match args.dtype.unwrap_or(DType::F32) {
+            DType::F32 => run_cpu::<f32, S>(args, config, src),
+            DType::BF16 => run_cpu::<bf16, S>(args, config, src),
+            DType::F16 => run_cpu::<f16, S>(args, config, src),
+        },
+        Device::Cuda(backend) => match args.dtype.unwrap_or(DType::BF16) {
+            DType::BF16 => run_gpu::<bf16, S>(args, &backend, config, src),
+            DType::F16 => run_gpu::<f16, S>(args, &backend, config, src),
+            DType::F32 => Err(ModelError::Input(
+                "--dtype f32 runs on the CPU only; use --dtype bf16 or --device cpu".into(),
+            )),
+        },
     }
 }
 
 fn main_inner() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
-    let device = Device::select(args.device)?;
+    let device = Device::select(args.device, args.dtype)?;
     match &args.model {
         Some(dir) => {
             let config = read_config(dir)?;
             let src = Checkpoint::open(dir)?;
-            run_dtype(&args, device, config, &src)
+            run_on(&args, device, config, &src)
         }
         None => {
             let config = ModelConfig::from_json(&demo::config_json())?;
             let src = demo::weights(&config, 0x00D1_5EA5);
-            run_dtype(&args, device, config, &src)
+            run_on(&args, device, config, &src)
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The decoder-only MoE language model on the CPU: weights loaded from a
 //! [`TensorSource`], a forward pass with an optional KV cache, and greedy
 //! generation. Attention, norms and RoPE are `dropless::reference::lm`; every
-//! MoE layer is `dropless::reference::moe::forward`.
+//! MoE layer is `dropless::reference::moe::forward`. The layer structs are
+//! `pub(crate)` so that the GPU model (`gpu.rs`) can take their arrays over.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -48,9 +49,9 @@ fn round<T: Element>(a: Array2<f32>) -> Array2<T> {
 }
 
 /// A linear layer: `weight` is `[out, in]` (Hugging Face layout).
-struct Linear<T> {
-    weight: Array2<T>,
-    bias: Option<Array1<T>>,
+pub(crate) struct Linear<T> {
+    pub(crate) weight: Array2<T>,
+    pub(crate) bias: Option<Array1<T>>,
 }
 
 impl<T: Element> Linear<T> {
@@ -60,10 +61,10 @@ impl<T: Element> Linear<T> {
 }
 
 /// A dense GLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
-struct DenseMlp<T> {
-    gate: Array2<T>,
-    up: Array2<T>,
-    down: Array2<T>,
+pub(crate) struct DenseMlp<T> {
+    pub(crate) gate: Array2<T>,
+    pub(crate) up: Array2<T>,
+    pub(crate) down: Array2<T>,
 }
 
 impl<T: Element> DenseMlp<T> {
@@ -78,20 +79,20 @@ impl<T: Element> DenseMlp<T> {
 }
 
 /// Qwen2-MoE's shared expert and its sigmoid gate (`[1, hidden]`).
-struct SharedExpert<T> {
-    mlp: DenseMlp<T>,
-    gate: Array2<T>,
+pub(crate) struct SharedExpert<T> {
+    pub(crate) mlp: DenseMlp<T>,
+    pub(crate) gate: Array2<T>,
 }
 
 /// A dropless MoE layer, with Qwen2-MoE's shared expert when present.
-struct MoeFfn<T> {
-    config: MoeConfig,
-    weights: MoeWeights<T>,
-    shared: Option<SharedExpert<T>>,
+pub(crate) struct MoeFfn<T> {
+    pub(crate) config: MoeConfig,
+    pub(crate) weights: MoeWeights<T>,
+    pub(crate) shared: Option<SharedExpert<T>>,
 }
 
 /// The feed-forward block of a layer.
-enum Ffn<T> {
+pub(crate) enum Ffn<T> {
     /// A dropless MoE layer.
     Moe(Box<MoeFfn<T>>),
     /// A dense MLP layer (Qwen's `mlp_only_layers` / `decoder_sparse_step`).
@@ -124,21 +125,21 @@ impl<T: Element> Ffn<T> {
 }
 
 /// The self-attention block of a layer.
-struct Attention<T> {
-    q: Linear<T>,
-    k: Linear<T>,
-    v: Linear<T>,
-    o: Linear<T>,
-    q_norm: Option<Array1<T>>,
-    k_norm: Option<Array1<T>>,
+pub(crate) struct Attention<T> {
+    pub(crate) q: Linear<T>,
+    pub(crate) k: Linear<T>,
+    pub(crate) v: Linear<T>,
+    pub(crate) o: Linear<T>,
+    pub(crate) q_norm: Option<Array1<T>>,
+    pub(crate) k_norm: Option<Array1<T>>,
 }
 
 /// One decoder layer.
-struct Layer<T> {
-    input_norm: Array1<T>,
-    attention: Attention<T>,
-    post_norm: Array1<T>,
-    ffn: Ffn<T>,
+pub(crate) struct Layer<T> {
+    pub(crate) input_norm: Array1<T>,
+    pub(crate) attention: Attention<T>,
+    pub(crate) post_norm: Array1<T>,
+    pub(crate) ffn: Ffn<T>,
 }
 
 /// The keys and values of the tokens seen so far, per layer and sequence
@@ -174,11 +175,11 @@ pub struct Generation {
 pub struct Model<T> {
     /// The configuration it was built from.
     pub config: ModelConfig,
-    embed: Array2<T>,
-    layers: Vec<Layer<T>>,
-    norm: Array1<T>,
+    pub(crate) embed: Array2<T>,
+    pub(crate) layers: Vec<Layer<T>>,
+    pub(crate) norm: Array1<T>,
     /// `None` when tied to the embedding table.
-    lm_head: Option<Array2<T>>,
+    pub(crate) lm_head: Option<Array2<T>>,
 }
 
 /// Reads a `[rows, cols]` matrix.

@@ -45,7 +45,8 @@ fn setup<T: DeviceElement>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    // DeviceBlockSparse holds max_blocks * block_elems <= i32::MAX values.
+    // DeviceBlockSparse holds max_blocks * block_elems <= i32::MAX values, and
+    // the kernels' grid-stride step stops at n instead of overflowing i32.
     Ok((func, cfg, block_elems, capacity as i32))
 }
 

@@ -34,7 +34,8 @@ pub fn cast_from_f32<T: DeviceElement + Element>(
     launch.arg(src.slice()).arg(dst.slice_mut()).arg(&n);
     // SAFETY: dl_cast_f32_to_T(const float* src, T* dst, i32 n) touches
     // indices below n; both tensors hold n elements (same shape, checked to fit
-    // i32 when they were created).
+    // i32 when they were created; the grid-stride step stops at n instead of
+    // overflowing i32).
     unsafe { launch.launch(config(src.len())) }?;
     Ok(dst)
 }

@@ -69,3 +69,10 @@ pub const CAPACITY: KernelModule = KernelModule {
     name: "capacity",
     fatbin: generated::CAPACITY,
 };
+
+/// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
+/// attention, elementwise maps, argmax).
+pub const LM: KernelModule = KernelModule {
+    name: "lm",
+    fatbin: generated::LM,
+};

@@ -16,6 +16,7 @@ pub mod baselines;
 pub mod elementwise;
 pub mod gemm;
 pub mod histogram;
+pub mod lm;
 pub mod moe;
 pub mod permute;
 pub mod router_grad;

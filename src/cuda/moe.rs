@@ -81,6 +81,8 @@ pub struct DeviceMoeOutput<T> {
 /// What the backward needs from the forward.
 #[derive(Debug)]
 pub struct DeviceMoeSaved<T> {
+    /// The forward's config (the backward must be given the same one).
+    config: MoeConfig,
     x: DeviceTensor<T>,
     logits: DeviceTensor<f32>,
     /// The routing decision (probabilities, experts, weights).
@@ -217,6 +219,7 @@ pub fn forward_train<T: MmaElement + GemmElement>(
         z_loss,
     };
     let saved = DeviceMoeSaved {
+        config: *config,
         x: x.try_clone(backend)?,
         logits,
         routing,
@@ -245,6 +248,13 @@ pub fn backward<T: MmaElement + GemmElement>(
     aux: AuxLossCoefficients,
 ) -> Result<DeviceMoeGradients<T>> {
     let tokens = check_forward(config, weights, &saved.x)?;
+    if saved.config != *config {
+        return Err(Error::InvalidConfig(format!(
+            "the saved state comes from a forward with {:?}, the backward was given {config:?}; \
+             pass the state of a forward of this layer",
+            saved.config
+        )));
+    }
     if grad_output.shape() != [tokens, config.hidden] {
         return Err(Error::ShapeMismatch {
             op: "cuda::moe::backward",

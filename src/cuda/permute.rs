@@ -153,7 +153,8 @@ fn check_layout(
             num_experts: experts,
         });
     }
-    check_i32("tokens x top_k", n as u128)?;
+    // The positions kernel's thread index runs up to one CTA past n.
+    check_i32("tokens x top_k (+ one CTA)", (n + 256) as u128)?;
     if n % top_k != 0 {
         return Err(mismatch(
             op,
@@ -534,6 +535,8 @@ pub fn padded_gather_into<T: DeviceElement + Element>(
     layout.check_weights(OP, weights.map(|w| w.shape()))?;
     let rows = layout.padded_rows()?;
     check_i32("padded tokens x hidden", product(&[rows, h]))?;
+    // The warp-per-row index runs up to one CTA (8 rows) past the last row.
+    check_i32("padded tokens (+ one CTA)", (rows + ROWS_PER_CTA) as u128)?;
     check_out_shape(OP, out.shape(), &[rows, h])?;
     let func = backend.function(PERMUTE, &dtype_kernel::<T>("dl_padded_gather", h))?;
     let (t_i32, h_i32, k_i32, e_i32, r_i32) = (

@@ -130,6 +130,8 @@ fn check_route_shapes(logits: &[usize], top_k: usize) -> Result<(usize, usize)> 
     }
     check_i32("tokens x experts", product(&[tokens, experts]))?;
     check_i32("tokens x top_k", product(&[tokens, top_k]))?;
+    // The kernel's token index runs up to one CTA (8 tokens) past the last.
+    check_i32("tokens (+ one CTA)", (tokens + TOKENS_PER_CTA) as u128)?;
     Ok((tokens, experts))
 }
 

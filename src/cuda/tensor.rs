@@ -108,6 +108,25 @@ impl<T: DeviceElement> DeviceTensor<T> {
         })
     }
 
+    /// The same buffer under another shape with the same element count (no
+    /// copy). Returns [`Error::ShapeMismatch`] when the counts differ.
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        if product(shape) != product(&self.shape) {
+            return Err(Error::ShapeMismatch {
+                op: "DeviceTensor::reshape",
+                message: format!(
+                    "shape {shape:?} does not hold the {} elements of shape {:?}",
+                    self.len(),
+                    self.shape
+                ),
+            });
+        }
+        Ok(DeviceTensor {
+            data: self.data,
+            shape: shape.to_vec(),
+        })
+    }
+
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape

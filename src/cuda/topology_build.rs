@@ -99,7 +99,8 @@ fn build_into(
         .max_blocks
         .max(out.block_cols + 1)
         .max(out.max_block_rows + 1);
-    check_i32("topology threads", threads as u128)?;
+    // The kernel's thread index runs up to one CTA past `threads`.
+    check_i32("topology threads (+ one CTA)", threads as u128 + 256)?;
     let func = backend.function(TOPOLOGY, "dl_build_topology")?;
     let cfg = LaunchConfig {
         grid_dim: (threads.div_ceil(256) as u32, 1, 1),
