@@ -17,7 +17,13 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     blas: Mutex<Option<Arc<CudaBlas>>>,
+}
+
+/// The error of a cache whose lock a panicking thread left poisoned.
+fn poisoned() -> Error {
+    Error::Cuda("the kernel cache lock was poisoned".into())
 }
 
 impl CudaBackend {
@@ -54,6 +60,7 @@ impl CudaBackend {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
         })
     }
@@ -108,14 +115,16 @@ impl CudaBackend {
         Ok(b)
     }
 
-    /// Looks up kernel `name` in `module`, loading the module once.
+    /// Looks up kernel `name` in `module`, loading the module once and
+    /// caching the function, so a launch costs one map lookup.
     pub(crate) fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
         let fatbin = module.fatbin.ok_or(Error::KernelsNotBuilt)?;
+        let key = (module.name, name.to_string());
+        if let Some(f) = self.functions.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(f.clone());
+        }
         let loaded = {
-            let mut modules = self
-                .modules
-                .lock()
-                .map_err(|_| Error::Cuda("the module cache lock was poisoned".into()))?;
+            let mut modules = self.modules.lock().map_err(|_| poisoned())?;
             match modules.get(module.name) {
                 Some(m) => m.clone(),
                 None => {
@@ -125,6 +134,11 @@ impl CudaBackend {
                 }
             }
         };
-        Ok(loaded.load_function(name)?)
+        let f = loaded.load_function(name)?;
+        self.functions
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(key, f.clone());
+        Ok(f)
     }
 }
