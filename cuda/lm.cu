@@ -307,7 +307,9 @@ __device__ void attention_impl(const T* __restrict__ q, const T* __restrict__ k_
 #pragma unroll
         for (int k = 0; k < P; ++k) dot = __fadd_rn(dot, __fmul_rn(q_s[p * P + k], kv[k]));
       }
-      s = dot * scale;  // the reference's score, bit for bit
+      // The reference's score, bit for bit: _rn keeps ptxas from fusing the
+      // product into the FMA of expf(s - m_new) below.
+      s = __fmul_rn(dot, scale);
     }
     const float m_new = fmaxf(m, block_reduce(s, scratch, MaxOp{}));
     const float prob = tid < n ? expf(s - m_new) : 0.0f;

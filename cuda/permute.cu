@@ -29,20 +29,6 @@ __device__ __forceinline__ int32_t bucket(int32_t id, int32_t num_experts) {
   return (id >= 0 && id < num_experts) ? id : num_experts;
 }
 
-// First e in [0, n) with a[e] > x, or n; `a` non-decreasing.
-__device__ __forceinline__ int32_t upper_bound(const int32_t* a, int32_t n, int32_t x) {
-  int32_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int32_t mid = lo + ((hi - lo) >> 1);
-    if (a[mid] > x) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
-}
-
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -87,7 +73,7 @@ __device__ __forceinline__ void gather_row(const T* __restrict__ x, const int32_
   int32_t src = -1;
   float w = 1.f;
   if (r < __ldg(&padded_bins[num_experts - 1])) {
-    const int32_t e = upper_bound(padded_bins, num_experts, r);
+    const int32_t e = dl::upper_bound(padded_bins, num_experts, r);
     if (e < num_experts) {
       const int32_t pstart = e > 0 ? __ldg(&padded_bins[e - 1]) : 0;
       const int32_t bstart = e > 0 ? __ldg(&bins[e - 1]) : 0;
@@ -318,7 +304,7 @@ DL_EXTERN void __launch_bounds__(256)
   __syncthreads();
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const int32_t e = upper_bound(sbins, num_experts, i);
+  const int32_t e = dl::upper_bound(sbins, num_experts, i);
   if (e >= num_experts) return;
   const int32_t a = indices[i];
   if (a < 0 || a >= n) return;

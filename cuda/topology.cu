@@ -5,24 +5,6 @@
 // the true block count; blocks past it are not written.
 #include "common.cuh"
 
-namespace {
-
-// First e in [0, n) with a[e] > x, or n; `a` non-decreasing.
-__device__ __forceinline__ int32_t upper_bound(const int32_t* a, int32_t n, int32_t x) {
-  int32_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int32_t mid = lo + ((hi - lo) >> 1);
-    if (a[mid] > x) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
-}
-
-}  // namespace
-
 // padded_bins: [E] inclusive cumsum of the padded token counts (multiples of
 // block_size). per_row = ffn_per_expert / block_size blocks per block row.
 // Outputs: row_indices, column_indices, column_indices_t, block_offsets_t
@@ -55,7 +37,7 @@ DL_EXTERN void __launch_bounds__(256)
     const int32_t r = g / per_row;
     const int32_t c = g - r * per_row;
     if (r < used_rows) {
-      const int32_t e = upper_bound(rows_end, num_experts, r);
+      const int32_t e = dl::upper_bound(rows_end, num_experts, r);
       if (e < num_experts) {
         const int32_t first = e > 0 ? rows_end[e - 1] : 0;
         const int32_t rows = rows_end[e] - first;

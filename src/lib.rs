@@ -10,6 +10,7 @@
 //! - [`cuda`]: the CUDA backend (hand-written kernels, safe wrappers).
 //! - [`Topology`] and [`BlockSparse`]: the block-sparse layout.
 
+mod checks;
 pub mod cuda;
 pub mod dtype;
 pub mod error;

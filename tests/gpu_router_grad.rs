@@ -12,7 +12,8 @@
 //!   built from absolute values);
 //! - the losses, relative to `max(|loss|, 1)` (sums of non-negative terms).
 
-use std::sync::OnceLock;
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use dropless::cuda::histogram::histogram;
 use dropless::cuda::router_grad::{
@@ -20,7 +21,7 @@ use dropless::cuda::router_grad::{
     router_z_loss, router_z_loss_into,
 };
 use dropless::cuda::routing::{route, DeviceRouting};
-use dropless::cuda::{CudaBackend, DeviceElement, DeviceTensor};
+use dropless::cuda::DeviceTensor;
 use dropless::reference::loss as rl;
 use dropless::reference::router_grad::{self as rg, AuxLossCoefficients};
 use dropless::reference::routing::Routing;
@@ -30,22 +31,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn backend() -> &'static CudaBackend {
-    static BACKEND: OnceLock<CudaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| CudaBackend::try_new().expect("these tests need a CUDA device"))
-}
-
-fn upload<T: DeviceElement>(shape: &[usize], data: &[T]) -> DeviceTensor<T> {
-    DeviceTensor::from_host(backend(), shape, data).unwrap()
-}
-
-fn upload2<T: DeviceElement>(a: ArrayView2<T>) -> DeviceTensor<T> {
-    DeviceTensor::from_array(backend(), a).unwrap()
-}
-
-fn filled<T: DeviceElement>(shape: &[usize], value: T) -> DeviceTensor<T> {
-    DeviceTensor::filled(backend(), shape, value).unwrap()
-}
+use gpu::{backend, filled, signed_value, tokens_strategy, upload, upload2};
 
 fn tolerance() -> f32 {
     f32::DTYPE.rel_tolerance()
@@ -57,15 +43,6 @@ fn logits(rng: &mut StdRng, tokens: usize, experts: usize) -> Array2<f32> {
 }
 
 /// A gradient value uniform in ±[0.05, 1] (never zero).
-fn grad_value(rng: &mut StdRng) -> f32 {
-    let m = rng.gen_range(0.05f32..=1.0);
-    if rng.gen() {
-        m
-    } else {
-        -m
-    }
-}
-
 /// Non-zero auxiliary loss coefficients.
 fn coefficients(rng: &mut StdRng) -> AuxLossCoefficients {
     AuxLossCoefficients {
@@ -243,7 +220,7 @@ fn random_backward_case(
     let mut rng = StdRng::seed_from_u64(seed);
     let x = logits(&mut rng, tokens, experts);
     let aux = aux.unwrap_or_else(|| coefficients(&mut rng));
-    let grad_weights = Array2::from_shape_simple_fn((tokens, top_k), || grad_value(&mut rng));
+    let grad_weights = Array2::from_shape_simple_fn((tokens, top_k), || signed_value(&mut rng));
     let routed = route_on_device(&x, top_k, renormalize);
     check_backward(&x, &routed, &grad_weights, renormalize, aux);
 }
@@ -298,10 +275,6 @@ fn check_losses(tokens: usize, experts: usize, top_k: usize, seed: u64) {
 }
 
 /// Tokens not a multiple of 128, possibly one token.
-fn tokens_strategy() -> impl Strategy<Value = usize> {
-    prop_oneof![1..=3usize, 4..=300usize, Just(129usize), 1000..=3000usize]
-}
-
 /// Experts up to 128, sometimes around 1000.
 fn experts_strategy() -> impl Strategy<Value = usize> {
     prop_oneof![
@@ -391,7 +364,7 @@ fn route_backward_accumulates_repeated_ids_and_is_deterministic() {
         host.expert_ids[[t, 5]] = e;
     }
     let routed = upload_routing(host, experts);
-    let grad_weights = Array2::from_shape_simple_fn((tokens, k), || grad_value(&mut rng));
+    let grad_weights = Array2::from_shape_simple_fn((tokens, k), || signed_value(&mut rng));
     let aux = coefficients(&mut rng);
     for renormalize in [false, true] {
         let first = check_backward(&x, &routed, &grad_weights, renormalize, aux);

@@ -11,7 +11,8 @@
 //! the weight gradient is held to the same tolerance relative to
 //! `sum |g| |y|` of its dot product.
 
-use std::sync::OnceLock;
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use dropless::cuda::histogram::histogram;
 use dropless::cuda::permute::{
@@ -20,7 +21,7 @@ use dropless::cuda::permute::{
 };
 use dropless::cuda::routing::{route, route_into, DeviceRouting};
 use dropless::cuda::topology_build::topology;
-use dropless::cuda::{max_padded_tokens, CudaBackend, DeviceElement, DeviceTensor};
+use dropless::cuda::{max_padded_tokens, DeviceElement, DeviceTensor};
 use dropless::reference::permute as rp;
 use dropless::reference::routing as rr;
 use dropless::{Element, Error, Topology};
@@ -30,41 +31,17 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use gpu::{backend, filled, signed_value, tokens_strategy, upload, upload2};
+
 const BLOCK: usize = 128;
-
-fn backend() -> &'static CudaBackend {
-    static BACKEND: OnceLock<CudaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| CudaBackend::try_new().expect("these tests need a CUDA device"))
-}
-
-fn upload<T: DeviceElement>(shape: &[usize], data: &[T]) -> DeviceTensor<T> {
-    DeviceTensor::from_host(backend(), shape, data).unwrap()
-}
-
-fn upload2<T: DeviceElement>(a: ArrayView2<T>) -> DeviceTensor<T> {
-    DeviceTensor::from_array(backend(), a).unwrap()
-}
 
 fn upload1(a: &Array1<i32>) -> DeviceTensor<i32> {
     upload(&[a.len()], a.as_slice().unwrap())
 }
 
-fn filled<T: DeviceElement>(shape: &[usize], value: T) -> DeviceTensor<T> {
-    DeviceTensor::filled(backend(), shape, value).unwrap()
-}
-
 /// A value uniform in ±[0.05, 1] (never zero).
-fn value(rng: &mut StdRng) -> f32 {
-    let m = rng.gen_range(0.05f32..=1.0);
-    if rng.gen() {
-        m
-    } else {
-        -m
-    }
-}
-
 fn matrix<T: Element>(rng: &mut StdRng, rows: usize, cols: usize) -> Array2<T> {
-    Array2::from_shape_simple_fn((rows, cols), || T::from_f32(value(rng)))
+    Array2::from_shape_simple_fn((rows, cols), || T::from_f32(signed_value(rng)))
 }
 
 /// Router logits: discrete (multiples of 1/4 in [-4, 4], so exact ties occur
@@ -182,10 +159,6 @@ fn check_route(
 }
 
 /// A shape with tokens not a multiple of 128, possibly one token.
-fn tokens_strategy() -> impl Strategy<Value = usize> {
-    prop_oneof![1..=3usize, 4..=300usize, Just(129usize), 1000..=3000usize]
-}
-
 fn experts_strategy() -> impl Strategy<Value = usize> {
     prop_oneof![1..=8usize, 9..=128usize, Just(128usize)]
 }

@@ -3,6 +3,9 @@
 //! the loss, against an independent per-token f64 analytic gradient, bf16
 //! against f32, and the errors.
 
+#[path = "common/skew.rs"]
+mod skew;
+
 use dropless::error::Error;
 use dropless::reference::backward::{backward, MoeGradients};
 use dropless::reference::moe::{forward, forward_train, MlpKind, MoeConfig, MoeWeights};
@@ -13,6 +16,8 @@ use ndarray::{Array2, ArrayView2};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use skew::skew_to_expert0;
 
 // ---------------------------------------------------------------- helpers
 
@@ -502,14 +507,6 @@ fn backward_matches_central_differences() {
 
 // ---------------------------------------------------------------- naive analytic gradient
 
-/// Makes expert 0 every token's first choice (so other experts may get no
-/// tokens): column 0 of `x` is 1 and the router's column 0 favours expert 0.
-fn skew_to_expert0(weights: &mut MoeWeights<f32>, x: &mut Array2<f32>) {
-    x.column_mut(0).fill(1.0);
-    weights.router.column_mut(0).fill(-3.0);
-    weights.router[[0, 0]] = 3.0;
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -537,7 +534,7 @@ proptest! {
         let mut x = random_matrix(&mut rng, tokens, hidden);
         let dout = random_matrix(&mut rng, tokens, hidden);
         if skew {
-            skew_to_expert0(&mut weights, &mut x);
+            skew_to_expert0(&mut weights, &mut x, 3.0);
         }
         let (layer, x64) = (Layer64::new(&weights), to64(&x));
         // The f32 and f64 routers must pick the same experts.
@@ -559,7 +556,7 @@ fn backward_with_empty_experts_and_one_token() {
             let mut rng = StdRng::seed_from_u64(11);
             let mut x = random_matrix(&mut rng, tokens, 6);
             let dout = random_matrix(&mut rng, tokens, 6);
-            skew_to_expert0(&mut weights, &mut x);
+            skew_to_expert0(&mut weights, &mut x, 3.0);
             let out = forward(&cfg, &weights, x.view()).unwrap();
             assert!(out.tokens_per_expert.iter().any(|&c| c == 0));
             let got = analytic(&cfg, &weights, &x, &dout, AUX);

@@ -2,6 +2,9 @@
 //! forward: properties of each op on random inputs, hand-derived values, and
 //! the forward against an independent per-token naive formulation.
 
+#[path = "common/skew.rs"]
+mod skew;
+
 use dropless::reference::activation::{gelu, gelu_grad, silu, silu_grad};
 use dropless::reference::loss::{load_balancing_loss, router_z_loss};
 use dropless::reference::moe::{forward, MlpKind, MoeConfig, MoeWeights};
@@ -14,6 +17,8 @@ use ndarray::{array, Array1, Array2, ArrayView2};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use skew::skew_to_expert0;
 
 // ---------------------------------------------------------------- helpers
 
@@ -596,14 +601,6 @@ fn config(
     }
 }
 
-/// Makes expert 0 every token's first choice: column 0 of `x` is 1 and the
-/// router's column 0 strongly favours expert 0.
-fn skew_to_expert0(weights: &mut MoeWeights<f32>, x: &mut Array2<f32>) {
-    x.column_mut(0).fill(1.0);
-    weights.router.column_mut(0).fill(-4.0);
-    weights.router[[0, 0]] = 4.0;
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -629,7 +626,7 @@ proptest! {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let mut x = random_matrix(&mut rng, tokens, hidden);
         if skew {
-            skew_to_expert0(&mut weights, &mut x);
+            skew_to_expert0(&mut weights, &mut x, 4.0);
         }
         check_forward(&cfg, &weights, x.view());
     }
@@ -661,7 +658,7 @@ fn forward_all_tokens_on_one_expert() {
         let cfg = config(20, block, 5, 1, mlp, false, block);
         let mut weights = MoeWeights::<f32>::random(&cfg, 11).unwrap();
         let mut x = random_matrix(&mut StdRng::seed_from_u64(12), 37, 20);
-        skew_to_expert0(&mut weights, &mut x);
+        skew_to_expert0(&mut weights, &mut x, 4.0);
         let out = forward(&cfg, &weights, x.view()).unwrap();
         assert_eq!(out.tokens_per_expert.to_vec(), vec![37, 0, 0, 0, 0]);
         assert!(

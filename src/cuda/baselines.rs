@@ -27,6 +27,7 @@ use super::moe::DeviceMoeWeights;
 use super::permute::{inclusive_cumsum, sort_by_expert};
 use super::routing::{route, DeviceRouting};
 use super::{CudaBackend, DeviceTensor};
+use crate::checks::check_nonempty;
 use crate::dtype::DType;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::capacity::expert_capacity;
@@ -169,12 +170,7 @@ pub fn check_routed_input(
             ))
         }
     };
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
+    check_nonempty(OP, "the number of tokens", tokens)?;
     let want = [tokens, config.top_k];
     expect_2d(OP, "routing expert_ids [tokens, top_k]", expert_ids, want)?;
     expect_2d(OP, "routing weights [tokens, top_k]", weights, want)?;
@@ -908,18 +904,20 @@ mod tests {
     fn routed_input_is_checked() {
         let cfg = config(MlpKind::Plain);
         assert_eq!(check_routed_input(&cfg, &[7, 64], &[7, 2], &[7, 2]), Ok(7));
-        assert!(matches!(
-            check_routed_input(&cfg, &[7, 32], &[7, 2], &[7, 2]),
-            Err(Error::ShapeMismatch { .. })
-        ));
-        assert!(matches!(
-            check_routed_input(&cfg, &[7, 64], &[7, 1], &[7, 2]),
-            Err(Error::ShapeMismatch { .. })
-        ));
-        assert!(matches!(
-            check_routed_input(&cfg, &[7, 64], &[7, 2], &[6, 2]),
-            Err(Error::ShapeMismatch { .. })
-        ));
+        let mismatched: [[&[usize]; 3]; 3] = [
+            [&[7, 32], &[7, 2], &[7, 2]],
+            [&[7, 64], &[7, 1], &[7, 2]],
+            [&[7, 64], &[7, 2], &[6, 2]],
+        ];
+        for [x, ids, w] in mismatched {
+            assert!(
+                matches!(
+                    check_routed_input(&cfg, x, ids, w),
+                    Err(Error::ShapeMismatch { .. })
+                ),
+                "{x:?} {ids:?} {w:?}"
+            );
+        }
         assert!(matches!(
             check_routed_input(&cfg, &[0, 64], &[0, 2], &[0, 2]),
             Err(Error::Empty { .. })

@@ -4,6 +4,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::kernels::HISTOGRAM;
 use super::{CudaBackend, DeviceTensor};
+use crate::checks::{check_nonempty, check_top_k};
 use crate::error::{check_i32, product, Error, Result};
 
 const THREADS: u32 = 256;
@@ -23,21 +24,9 @@ fn check_histogram_shapes(shape: &[usize], num_experts: usize) -> Result<usize> 
             message: format!("expert ids must be [tokens, top_k], found {shape:?}"),
         });
     };
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    if num_experts == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of experts",
-        });
-    }
-    if top_k == 0 || top_k > num_experts {
-        return Err(Error::InvalidTopK { top_k, num_experts });
-    }
+    check_nonempty(OP, "the number of tokens", tokens)?;
+    check_nonempty(OP, "the number of experts", num_experts)?;
+    check_top_k(top_k, num_experts)?;
     if num_experts > MAX_HISTOGRAM_EXPERTS {
         return Err(Error::InvalidConfig(format!(
             "histogram supports at most {MAX_HISTOGRAM_EXPERTS} experts, found {num_experts}"

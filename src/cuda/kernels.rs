@@ -1,5 +1,7 @@
 //! The fatbins that build.rs compiled from `cuda/*.cu`, embedded in the crate.
 
+use cudarc::driver::LaunchConfig;
+
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
@@ -15,64 +17,48 @@ pub struct KernelModule {
     pub fatbin: Option<&'static [u8]>,
 }
 
-/// `cuda/histogram.cu`: the expert histogram.
-pub const HISTOGRAM: KernelModule = KernelModule {
-    name: "histogram",
-    fatbin: generated::HISTOGRAM,
-};
+/// Declares the `KernelModule` constant of each `cuda/<name>.cu` file.
+macro_rules! kernel_modules {
+    ($($(#[$doc:meta])* $konst:ident => $name:literal;)*) => {$(
+        $(#[$doc])*
+        pub const $konst: KernelModule = KernelModule {
+            name: $name,
+            fatbin: generated::$konst,
+        };
+    )*};
+}
 
-/// `cuda/activation.cu`: GeLU and SiLU-gate activations on sparse blocks.
-pub const ACTIVATION: KernelModule = KernelModule {
-    name: "activation",
-    fatbin: generated::ACTIVATION,
-};
+kernel_modules! {
+    /// `cuda/histogram.cu`: the expert histogram.
+    HISTOGRAM => "histogram";
+    /// `cuda/activation.cu`: GeLU and SiLU-gate activations on sparse blocks.
+    ACTIVATION => "activation";
+    /// `cuda/block_sparse.cu`: the SDD, DSD and DDS tensor-core products.
+    BLOCK_SPARSE => "block_sparse";
+    /// `cuda/routing.cu`: the fused softmax / top-k router.
+    ROUTING => "routing";
+    /// `cuda/permute.cu`: the expert sort, bins, padded gather and scatter.
+    PERMUTE => "permute";
+    /// `cuda/topology.cu`: the device construction of the dMoE topology.
+    TOPOLOGY => "topology";
+    /// `cuda/elementwise.cu`: dtype casts and in-place accumulation.
+    ELEMENTWISE => "elementwise";
+    /// `cuda/router_grad.cu`: the router backward and the auxiliary losses.
+    ROUTER_GRAD => "router_grad";
+    /// `cuda/capacity.cu`: the baselines' dense activations and the
+    /// capacity-factor MoE's dispatch, combine and dropped fraction.
+    CAPACITY => "capacity";
+    /// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
+    /// attention, elementwise maps, argmax).
+    LM => "lm";
+}
 
-/// `cuda/block_sparse.cu`: the SDD, DSD and DDS tensor-core products.
-pub const BLOCK_SPARSE: KernelModule = KernelModule {
-    name: "block_sparse",
-    fatbin: generated::BLOCK_SPARSE,
-};
-
-/// `cuda/routing.cu`: the fused softmax / top-k router.
-pub const ROUTING: KernelModule = KernelModule {
-    name: "routing",
-    fatbin: generated::ROUTING,
-};
-
-/// `cuda/permute.cu`: the expert sort, bins, padded gather and scatter.
-pub const PERMUTE: KernelModule = KernelModule {
-    name: "permute",
-    fatbin: generated::PERMUTE,
-};
-
-/// `cuda/topology.cu`: the device construction of the dMoE topology.
-pub const TOPOLOGY: KernelModule = KernelModule {
-    name: "topology",
-    fatbin: generated::TOPOLOGY,
-};
-
-/// `cuda/elementwise.cu`: dtype casts and in-place accumulation.
-pub const ELEMENTWISE: KernelModule = KernelModule {
-    name: "elementwise",
-    fatbin: generated::ELEMENTWISE,
-};
-
-/// `cuda/router_grad.cu`: the router backward and the auxiliary losses.
-pub const ROUTER_GRAD: KernelModule = KernelModule {
-    name: "router_grad",
-    fatbin: generated::ROUTER_GRAD,
-};
-
-/// `cuda/capacity.cu`: the baselines' dense activations and the
-/// capacity-factor MoE's dispatch, combine and dropped fraction.
-pub const CAPACITY: KernelModule = KernelModule {
-    name: "capacity",
-    fatbin: generated::CAPACITY,
-};
-
-/// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
-/// attention, elementwise maps, argmax).
-pub const LM: KernelModule = KernelModule {
-    name: "lm",
-    fatbin: generated::LM,
-};
+/// A 1-D launch: `grid` CTAs of `block` threads with `shared_mem_bytes` of
+/// dynamic shared memory (sizes already checked to fit the launch limits).
+pub(super) fn launch_1d(grid: usize, block: u32, shared_mem_bytes: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: shared_mem_bytes as u32,
+    }
+}

@@ -10,11 +10,12 @@
 //! [`crate::cuda::histogram::histogram`], [`sort_by_expert`],
 //! [`inclusive_cumsum`] and [`padded_bins`]).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
 
-use super::kernels::PERMUTE;
+use super::kernels::{launch_1d, PERMUTE};
 use super::topology::check_block_size;
 use super::{max_padded_tokens, CudaBackend, DeviceElement, DeviceTensor};
+use crate::checks::{check_nonempty, check_top_k};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::topology::DEFAULT_BLOCK_SIZE;
@@ -38,25 +39,12 @@ const HIDDEN_STEP: usize = 256;
 /// A null device pointer, for an absent optional operand.
 const NULL: u64 = 0;
 
-fn launch_1d(grid: usize, block: u32, shared_mem_bytes: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid as u32, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: shared_mem_bytes as u32,
-    }
-}
-
 fn mismatch(op: &'static str, message: String) -> Error {
     Error::ShapeMismatch { op, message }
 }
 
 fn check_experts(op: &'static str, num_experts: usize) -> Result<()> {
-    if num_experts == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of experts",
-        });
-    }
+    check_nonempty(op, "the number of experts", num_experts)?;
     if num_experts > MAX_PERMUTE_EXPERTS {
         return Err(Error::InvalidConfig(format!(
             "`{op}` on the GPU supports at most {MAX_PERMUTE_EXPERTS} experts, found {num_experts}"
@@ -75,16 +63,9 @@ fn check_sort_shapes(expert_ids: &[usize], num_experts: usize) -> Result<usize> 
             format!("expert ids must be [tokens, top_k], found {expert_ids:?}"),
         ));
     };
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
+    check_nonempty(OP, "the number of tokens", tokens)?;
     check_experts(OP, num_experts)?;
-    if top_k == 0 || top_k > num_experts {
-        return Err(Error::InvalidTopK { top_k, num_experts });
-    }
+    check_top_k(top_k, num_experts)?;
     let n = product(&[tokens, top_k]);
     check_i32("tokens x top_k (+ one sort chunk)", n + SORT_CHUNK as u128)?;
     let chunks = (n as usize).div_ceil(SORT_CHUNK);
@@ -140,19 +121,9 @@ fn check_layout(
             format!("bins has {experts} experts, padded_bins has shape {padded_bins:?}"),
         ));
     }
-    if n == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of assignments",
-        });
-    }
+    check_nonempty(op, "the number of assignments", n)?;
     check_experts(op, experts)?;
-    if top_k == 0 || top_k > experts {
-        return Err(Error::InvalidTopK {
-            top_k,
-            num_experts: experts,
-        });
-    }
+    check_top_k(top_k, experts)?;
     // The positions kernel's thread index runs up to one CTA past n.
     check_i32("tokens x top_k (+ one CTA)", (n + 256) as u128)?;
     if n % top_k != 0 {
@@ -167,6 +138,31 @@ fn check_layout(
         experts,
         n,
     })
+}
+
+/// [`check_layout`] of the device layout tensors' shapes.
+fn device_layout(
+    op: &'static str,
+    indices: &DeviceTensor<i32>,
+    bins: &DeviceTensor<i32>,
+    padded_bins: &DeviceTensor<i32>,
+    top_k: usize,
+) -> Result<Layout> {
+    check_layout(
+        op,
+        indices.shape(),
+        bins.shape(),
+        padded_bins.shape(),
+        top_k,
+    )
+}
+
+/// Pushes the optional `[tokens, top_k]` weights, or a null pointer.
+fn push_weights<'a>(launch: &mut LaunchArgs<'a>, weights: Option<&'a DeviceTensor<f32>>) {
+    match weights {
+        Some(w) => launch.arg(w.slice()),
+        None => launch.arg(&NULL),
+    };
 }
 
 impl Layout {
@@ -218,12 +214,7 @@ impl Layout {
 }
 
 fn check_hidden(op: &'static str, h: usize) -> Result<usize> {
-    if h == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the hidden size",
-        });
-    }
+    check_nonempty(op, "the hidden size", h)?;
     check_i32("hidden size (+ one column step)", (h + HIDDEN_STEP) as u128)?;
     Ok(h)
 }
@@ -488,13 +479,7 @@ pub fn padded_gather<T: DeviceElement + Element>(
     top_k: usize,
 ) -> Result<DeviceTensor<T>> {
     const OP: &str = "padded_gather";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let h = layout.check_tokens(OP, "x", x.shape())?;
     let mut out = DeviceTensor::zeros(backend, &[layout.padded_rows()?, h])?;
     padded_gather_into(
@@ -524,13 +509,7 @@ pub fn padded_gather_into<T: DeviceElement + Element>(
     out: &mut DeviceTensor<T>,
 ) -> Result<()> {
     const OP: &str = "padded_gather";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let h = layout.check_tokens(OP, "x", x.shape())?;
     layout.check_weights(OP, weights.map(|w| w.shape()))?;
     let rows = layout.padded_rows()?;
@@ -552,10 +531,7 @@ pub fn padded_gather_into<T: DeviceElement + Element>(
         .arg(indices.slice())
         .arg(bins.slice())
         .arg(padded_bins.slice());
-    match weights {
-        Some(w) => launch.arg(w.slice()),
-        None => launch.arg(&NULL),
-    };
+    push_weights(&mut launch, weights);
     launch
         .arg(&t_i32)
         .arg(&h_i32)
@@ -595,13 +571,7 @@ pub fn padded_scatter<T: DeviceElement + Element>(
     top_k: usize,
 ) -> Result<DeviceTensor<T>> {
     const OP: &str = "padded_scatter";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let (_, h) = layout.check_padded(OP, y.shape())?;
     let mut out = DeviceTensor::zeros(backend, &[layout.tokens, h])?;
     padded_scatter_into(
@@ -630,13 +600,7 @@ pub fn padded_scatter_into<T: DeviceElement + Element>(
     out: &mut DeviceTensor<T>,
 ) -> Result<()> {
     const OP: &str = "padded_scatter";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let (y_rows, h) = layout.check_padded(OP, y.shape())?;
     layout.check_weights(OP, weights.map(|w| w.shape()))?;
     check_out_shape(OP, out.shape(), &[layout.tokens, h])?;
@@ -646,10 +610,7 @@ pub fn padded_scatter_into<T: DeviceElement + Element>(
         (y_rows as i32, layout.tokens as i32, h as i32, top_k as i32);
     let mut launch = backend.stream().launch_builder(&func);
     launch.arg(y.slice()).arg(&yr_i32).arg(positions.slice());
-    match weights {
-        Some(w) => launch.arg(w.slice()),
-        None => launch.arg(&NULL),
-    };
+    push_weights(&mut launch, weights);
     launch
         .arg(&t_i32)
         .arg(&h_i32)
@@ -683,13 +644,7 @@ pub fn padded_scatter_weight_grad<T: DeviceElement + Element>(
     top_k: usize,
 ) -> Result<DeviceTensor<f32>> {
     const OP: &str = "padded_scatter_weight_grad";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let mut dw = DeviceTensor::zeros(backend, &[layout.tokens, top_k])?;
     padded_scatter_weight_grad_into(
         backend,
@@ -718,13 +673,7 @@ pub fn padded_scatter_weight_grad_into<T: DeviceElement + Element>(
     dw: &mut DeviceTensor<f32>,
 ) -> Result<()> {
     const OP: &str = "padded_scatter_weight_grad";
-    let layout = check_layout(
-        OP,
-        indices.shape(),
-        bins.shape(),
-        padded_bins.shape(),
-        top_k,
-    )?;
+    let layout = device_layout(OP, indices, bins, padded_bins, top_k)?;
     let h = layout.check_tokens(OP, "grad_out", grad_out.shape())?;
     let (y_rows, y_h) = layout.check_padded(OP, y.shape())?;
     if y_h != h {

@@ -9,11 +9,12 @@
 //! non-finite inputs are not rejected: they propagate as NaN (check the logits
 //! with [`super::routing::DeviceRouting::check_finite`]).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::kernels::ROUTER_GRAD;
-use super::routing::{DeviceRouting, MAX_ROUTER_EXPERTS};
+use super::kernels::{launch_1d, ROUTER_GRAD};
+use super::routing::{lane_variant, DeviceRouting, MAX_ROUTER_EXPERTS};
 use super::{CudaBackend, DeviceTensor};
+use crate::checks::{check_router_dims, check_top_k};
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::router_grad::AuxLossCoefficients;
 
@@ -57,19 +58,7 @@ fn check_router_matrix(op: &'static str, name: &str, shape: &[usize]) -> Result<
             message: format!("{name} must be [tokens, experts], found {shape:?}"),
         });
     };
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of tokens",
-        });
-    }
-    if experts == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of experts",
-        });
-    }
-    check_i32("tokens x experts", product(&[tokens, experts]))?;
+    check_router_dims(op, tokens, experts)?;
     // The kernels' token index runs up to `tokens + TOKEN_SLACK` before it
     // stops.
     check_i32("tokens + 8192", tokens as u128 + TOKEN_SLACK as u128)?;
@@ -105,12 +94,7 @@ fn check_backward_shapes(
             })
         }
     };
-    if top_k == 0 || top_k > experts {
-        return Err(Error::InvalidTopK {
-            top_k,
-            num_experts: experts,
-        });
-    }
+    check_top_k(top_k, experts)?;
     check_i32("tokens x top_k", product(&[tokens, top_k]))?;
     expect_shape(OP, "routing.weights", weights, &[tokens, top_k])?;
     expect_shape(OP, "grad_weights", grad_weights, &[tokens, top_k])?;
@@ -120,6 +104,23 @@ fn check_backward_shapes(
         experts,
         top_k,
     })
+}
+
+/// [`check_backward_shapes`] of the device operands of [`route_backward`].
+fn backward_dims(
+    logits: &DeviceTensor<f32>,
+    routing: &DeviceRouting,
+    grad_weights: &DeviceTensor<f32>,
+    tokens_per_expert: &DeviceTensor<i32>,
+) -> Result<BackwardDims> {
+    check_backward_shapes(
+        logits.shape(),
+        routing.probs.shape(),
+        routing.expert_ids.shape(),
+        routing.weights.shape(),
+        grad_weights.shape(),
+        tokens_per_expert.shape(),
+    )
 }
 
 /// Checks that the auxiliary loss coefficients are finite.
@@ -146,18 +147,6 @@ fn backward_scales(dims: BackwardDims, aux: &AuxLossCoefficients) -> (f32, f32) 
     let lb = f64::from(aux.load_balancing) * e / (t * t * k);
     let z = 2.0 * f64::from(aux.z_loss) / t;
     (lb as f32, z as f32)
-}
-
-/// The backward instantiation holding `experts` values per lane in registers.
-fn backward_kernel_name(experts: usize) -> &'static str {
-    match experts.div_ceil(32) {
-        0 | 1 => "dl_route_backward_v1",
-        2 => "dl_route_backward_v2",
-        3 | 4 => "dl_route_backward_v4",
-        5..=8 => "dl_route_backward_v8",
-        9..=16 => "dl_route_backward_v16",
-        _ => "dl_route_backward_v32",
-    }
 }
 
 /// The gradient of the router logits (`[tokens, experts]` f32) from the
@@ -187,14 +176,7 @@ pub fn route_backward(
     renormalize: bool,
     aux: AuxLossCoefficients,
 ) -> Result<DeviceTensor<f32>> {
-    let dims = check_backward_shapes(
-        logits.shape(),
-        routing.probs.shape(),
-        routing.expert_ids.shape(),
-        routing.weights.shape(),
-        grad_weights.shape(),
-        tokens_per_expert.shape(),
-    )?;
+    let dims = backward_dims(logits, routing, grad_weights, tokens_per_expert)?;
     let mut out = DeviceTensor::zeros(backend, &[dims.tokens, dims.experts])?;
     route_backward_into(
         backend,
@@ -222,14 +204,7 @@ pub fn route_backward_into(
     aux: AuxLossCoefficients,
     out: &mut DeviceTensor<f32>,
 ) -> Result<()> {
-    let dims = check_backward_shapes(
-        logits.shape(),
-        routing.probs.shape(),
-        routing.expert_ids.shape(),
-        routing.weights.shape(),
-        grad_weights.shape(),
-        tokens_per_expert.shape(),
-    )?;
+    let dims = backward_dims(logits, routing, grad_weights, tokens_per_expert)?;
     check_coefficients(&aux)?;
     expect_shape(
         "route_backward",
@@ -238,12 +213,11 @@ pub fn route_backward_into(
         &[dims.tokens, dims.experts],
     )?;
     let (lb_scale, z_scale) = backward_scales(dims, &aux);
-    let func = backend.function(ROUTER_GRAD, backward_kernel_name(dims.experts))?;
-    let cfg = LaunchConfig {
-        grid_dim: (dims.tokens.div_ceil(TOKENS_PER_CTA) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let func = backend.function(
+        ROUTER_GRAD,
+        &lane_variant("dl_route_backward", dims.experts),
+    )?;
+    let cfg = launch_1d(dims.tokens.div_ceil(TOKENS_PER_CTA), THREADS, 0);
     let (t_i32, e_i32, k_i32, renorm) = (
         dims.tokens as i32,
         dims.experts as i32,
@@ -273,7 +247,7 @@ pub fn route_backward_into(
     // counts [0..E), probs[t*E + id] only for ids in [0, E), and writes
     // dlogits [0..tokens*E): every buffer was checked to have exactly its
     // shape. 1 <= k <= E <= 32 * N is guaranteed by the checks and
-    // `backward_kernel_name`; tokens * E and tokens * k fit i32. The grid
+    // `lane_variant`; tokens * E and tokens * k fit i32. The grid
     // covers ceil(tokens / 8) CTAs of 8 warps, no dynamic shared memory.
     unsafe { launch.launch(cfg) }?;
     Ok(())
@@ -293,12 +267,7 @@ fn check_load_balancing_shapes(
     const OP: &str = "load_balancing_loss";
     let (tokens, experts) = check_router_matrix(OP, "probs", probs)?;
     expect_shape(OP, "tokens_per_expert", tokens_per_expert, &[experts])?;
-    if top_k == 0 || top_k > experts {
-        return Err(Error::InvalidTopK {
-            top_k,
-            num_experts: experts,
-        });
-    }
+    check_top_k(top_k, experts)?;
     check_i32("tokens x top_k", product(&[tokens, top_k]))?;
     Ok((tokens, experts))
 }
@@ -308,19 +277,37 @@ fn check_loss_output(op: &'static str, out: &[usize]) -> Result<()> {
     expect_shape(op, "the output", out, &[1])
 }
 
-/// The launch of a loss's partials kernel over `tokens` tokens, and its
-/// `[ctas]` f32 partials buffer (one element per CTA).
-fn loss_partials(
+/// A loss reduction over the `[tokens, experts]` f32 `x`: the partials kernel
+/// `kernel` (one f32 per CTA; it takes the `[experts]` i32 `counts` after `x`
+/// when given), then `out[0] = scale * sum(partials)` (see [`finish_loss`]).
+fn reduce_loss(
     backend: &CudaBackend,
-    tokens: usize,
-) -> Result<(LaunchConfig, DeviceTensor<f32>)> {
+    kernel: &str,
+    x: &DeviceTensor<f32>,
+    counts: Option<&DeviceTensor<i32>>,
+    (tokens, experts): (usize, usize),
+    scale: f32,
+    out: &mut DeviceTensor<f32>,
+) -> Result<()> {
     let ctas = loss_ctas(tokens);
-    let cfg = LaunchConfig {
-        grid_dim: (ctas as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    Ok((cfg, DeviceTensor::zeros(backend, &[ctas])?))
+    let mut partials = DeviceTensor::<f32>::zeros(backend, &[ctas])?;
+    let (t_i32, e_i32) = (tokens as i32, experts as i32);
+    let func = backend.function(ROUTER_GRAD, kernel)?;
+    let mut launch = backend.stream().launch_builder(&func);
+    launch.arg(x.slice());
+    if let Some(counts) = counts {
+        launch.arg(counts.slice());
+    }
+    launch.arg(&t_i32).arg(&e_i32).arg(partials.slice_mut());
+    // SAFETY: dl_load_balancing_loss_partials(const float* probs,
+    // const i32* counts, i32 tokens, i32 E, float* partials) (given counts)
+    // and dl_router_z_loss_partials(const float* logits, i32 tokens, i32 E,
+    // float* partials) read x[0..tokens*E) and counts[0..E) (shapes checked by
+    // the callers, tokens * E fits i32) and write partials[blockIdx.x] for a
+    // grid of exactly partials.len() CTAs of 256 threads; static shared memory
+    // only.
+    unsafe { launch.launch(launch_1d(ctas, THREADS, 0)) }?;
+    finish_loss(backend, &partials, scale, out)
 }
 
 /// Writes `out[0] = scale * sum(partials)`, summed in a fixed order.
@@ -331,11 +318,7 @@ fn finish_loss(
     out: &mut DeviceTensor<f32>,
 ) -> Result<()> {
     let func = backend.function(ROUTER_GRAD, "dl_loss_finish")?;
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch_1d(1, THREADS, 0);
     let n = partials.len() as i32;
     let mut launch = backend.stream().launch_builder(&func);
     launch
@@ -345,7 +328,7 @@ fn finish_loss(
         .arg(out.slice_mut());
     // SAFETY: dl_loss_finish(const float* partials, i32 n, float scale,
     // float* out) reads partials[0..n) (n = the tensor's length, 1..=1024,
-    // from `loss_partials`) and writes out[0] (the callers checked out is
+    // from `reduce_loss`) and writes out[0] (the callers checked out is
     // [1]); one CTA of 256 threads, static shared memory only.
     unsafe { launch.launch(cfg) }?;
     Ok(())
@@ -388,23 +371,15 @@ pub fn load_balancing_loss_into(
     // E * sum_e (c_e / (T k)) * (sum_t p[t, e] / T) = scale * sum_t sum_e p[t, e] c_e.
     let (t, e, k) = (tokens as f64, experts as f64, top_k as f64);
     let scale = (e / (t * t * k)) as f32;
-    let (t_i32, e_i32) = (tokens as i32, experts as i32);
-    let (cfg, mut partials) = loss_partials(backend, tokens)?;
-    let func = backend.function(ROUTER_GRAD, "dl_load_balancing_loss_partials")?;
-    let mut launch = backend.stream().launch_builder(&func);
-    launch
-        .arg(probs.slice())
-        .arg(tokens_per_expert.slice())
-        .arg(&t_i32)
-        .arg(&e_i32)
-        .arg(partials.slice_mut());
-    // SAFETY: dl_load_balancing_loss_partials(const float* probs,
-    // const i32* counts, i32 tokens, i32 E, float* partials) reads
-    // probs[0..tokens*E) and counts[0..E) (shapes checked, tokens * E fits
-    // i32) and writes partials[blockIdx.x] for a grid of exactly
-    // partials.len() CTAs of 256 threads; static shared memory only.
-    unsafe { launch.launch(cfg) }?;
-    finish_loss(backend, &partials, scale, out)
+    reduce_loss(
+        backend,
+        "dl_load_balancing_loss_partials",
+        probs,
+        Some(tokens_per_expert),
+        (tokens, experts),
+        scale,
+        out,
+    )
 }
 
 /// The router z-loss, the mean over tokens of `logsumexp(logits[t])^2`, as a
@@ -432,21 +407,15 @@ pub fn router_z_loss_into(
     let (tokens, experts) = check_router_matrix(OP, "logits", logits.shape())?;
     check_loss_output(OP, out.shape())?;
     let scale = (1.0 / tokens as f64) as f32;
-    let (t_i32, e_i32) = (tokens as i32, experts as i32);
-    let (cfg, mut partials) = loss_partials(backend, tokens)?;
-    let func = backend.function(ROUTER_GRAD, "dl_router_z_loss_partials")?;
-    let mut launch = backend.stream().launch_builder(&func);
-    launch
-        .arg(logits.slice())
-        .arg(&t_i32)
-        .arg(&e_i32)
-        .arg(partials.slice_mut());
-    // SAFETY: dl_router_z_loss_partials(const float* logits, i32 tokens,
-    // i32 E, float* partials) reads logits[0..tokens*E) (shape checked,
-    // tokens * E fits i32) and writes partials[blockIdx.x] for a grid of
-    // exactly partials.len() CTAs of 256 threads; static shared memory only.
-    unsafe { launch.launch(cfg) }?;
-    finish_loss(backend, &partials, scale, out)
+    reduce_loss(
+        backend,
+        "dl_router_z_loss_partials",
+        logits,
+        None,
+        (tokens, experts),
+        scale,
+        out,
+    )
 }
 
 #[cfg(test)]
@@ -568,7 +537,7 @@ mod tests {
             (513, 32),
             (1024, 32),
         ] {
-            let name = backward_kernel_name(experts);
+            let name = lane_variant("dl_route_backward", experts);
             assert_eq!(
                 name,
                 format!("dl_route_backward_v{vpt}"),

@@ -2,10 +2,11 @@
 //! probabilities and optional renormalisation, in one kernel (one warp per
 //! token). The device counterpart of [`crate::reference::routing::route`].
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::kernels::ROUTING;
+use super::kernels::{launch_1d, ROUTING};
 use super::{CudaBackend, DeviceTensor};
+use crate::checks::{check_nonempty, check_top_k};
 use crate::error::{check_i32, product, Error, Result};
 
 /// Largest number of experts the router kernel holds in registers
@@ -105,24 +106,9 @@ fn check_route_shapes(logits: &[usize], top_k: usize) -> Result<(usize, usize)> 
             message: format!("logits must be [tokens, experts], found {logits:?}"),
         });
     };
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    if experts == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of experts",
-        });
-    }
-    if top_k == 0 || top_k > experts {
-        return Err(Error::InvalidTopK {
-            top_k,
-            num_experts: experts,
-        });
-    }
+    check_nonempty(OP, "the number of tokens", tokens)?;
+    check_nonempty(OP, "the number of experts", experts)?;
+    check_top_k(top_k, experts)?;
     if experts > MAX_ROUTER_EXPERTS {
         return Err(Error::InvalidConfig(format!(
             "the CUDA router supports at most {MAX_ROUTER_EXPERTS} experts, found {experts}"
@@ -159,16 +145,11 @@ fn check_route_outputs(
     Ok(())
 }
 
-/// The kernel instantiation holding `experts` values in registers.
-fn kernel_name(experts: usize) -> &'static str {
-    match experts.div_ceil(32) {
-        0 | 1 => "dl_route_v1",
-        2 => "dl_route_v2",
-        3 | 4 => "dl_route_v4",
-        5..=8 => "dl_route_v8",
-        9..=16 => "dl_route_v16",
-        _ => "dl_route_v32",
-    }
+/// The instantiation `{stem}_vN` of a router kernel that holds `experts`
+/// values in registers, `N` (1, 2, 4, 8, 16 or 32) per lane of the warp.
+pub(super) fn lane_variant(stem: &str, experts: usize) -> String {
+    let per_lane = experts.div_ceil(32).next_power_of_two().min(32);
+    format!("{stem}_v{per_lane}")
 }
 
 /// Routes each token of `logits` (`[tokens, experts]` f32) to its `top_k`
@@ -204,12 +185,8 @@ pub fn route_into(
     let (tokens, experts) = check_route_shapes(logits.shape(), top_k)?;
     check_route_outputs(out, tokens, experts, top_k)?;
     backend.stream().memset_zeros(out.status.slice_mut())?;
-    let func = backend.function(ROUTING, kernel_name(experts))?;
-    let cfg = LaunchConfig {
-        grid_dim: (tokens.div_ceil(TOKENS_PER_CTA) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let func = backend.function(ROUTING, &lane_variant("dl_route", experts))?;
+    let cfg = launch_1d(tokens.div_ceil(TOKENS_PER_CTA), 256, 0);
     let (t_i32, e_i32, k_i32, renorm) = (
         tokens as i32,
         experts as i32,
@@ -233,7 +210,7 @@ pub fn route_into(
     // expert_ids / weights [0..tokens*k) and the 8-byte status: all buffers
     // were checked to have exactly these shapes (status is two i32 words, and
     // device allocations are 256-byte aligned). 1 <= k <= E <= 32 * N is
-    // guaranteed by the checks and `kernel_name`; tokens * E and tokens * k fit
+    // guaranteed by the checks and `lane_variant`; tokens * E and tokens * k fit
     // i32. The grid covers ceil(tokens / 8) CTAs of 8 warps, no shared memory.
     unsafe { launch.launch(cfg) }?;
     Ok(())
@@ -293,7 +270,7 @@ mod tests {
             (513, "dl_route_v32"),
             (1024, "dl_route_v32"),
         ] {
-            assert_eq!(kernel_name(experts), name, "{experts} experts");
+            assert_eq!(lane_variant("dl_route", experts), name, "{experts} experts");
         }
     }
 

@@ -17,13 +17,14 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::kernels::BLOCK_SPARSE;
 use super::topology::check_block_size;
 use super::DeviceTopology;
 use super::{CudaBackend, DeviceBlockSparse, DeviceElement, DeviceSparseView, DeviceTensor};
+use crate::checks::check_nonempty;
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 
@@ -159,12 +160,7 @@ pub fn check_sdd(a: &[usize], b: &[usize], trans_b: bool, topology: SparseDims) 
             ),
         });
     }
-    if k == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension k",
-        });
-    }
+    check_nonempty(OP, "the inner dimension k", k)?;
     check_multiple_of_8(OP, "the inner dimension k", k)
 }
 
@@ -184,12 +180,7 @@ pub fn check_dsd(s: SparseDims, b: &[usize]) -> Result<[usize; 2]> {
             ),
         });
     }
-    if n == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension (columns of op(S))",
-        });
-    }
+    check_nonempty(OP, "the inner dimension (columns of op(S))", n)?;
     check_multiple_of_8(OP, "the columns of B", h)?;
     check_i32("dsd: elements of the output", product(&[m, h]))?;
     check_grid(s.blocks_along(true), h)?;
@@ -212,12 +203,7 @@ pub fn check_dds(a: &[usize], s: SparseDims) -> Result<[usize; 2]> {
             ),
         });
     }
-    if k == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension (rows of op(S))",
-        });
-    }
+    check_nonempty(OP, "the inner dimension (rows of op(S))", k)?;
     check_i32("dds: elements of the output", product(&[m, n]))?;
     check_grid(s.blocks_along(false), m)?;
     Ok([m, n])
@@ -266,6 +252,22 @@ fn config(ctas: usize) -> LaunchConfig {
         grid_dim: (ctas as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: SMEM_BYTES,
+    }
+}
+
+/// Pushes the topology arrays that a DSD / DDS kernel walks: the block rows
+/// (`offsets`, `column_indices`), or with `by_columns` the block columns
+/// (`offsets_t`, `column_indices_t`, `block_offsets_t`).
+fn push_walk<'a>(launch: &mut LaunchArgs<'a>, topo: &'a DeviceTopology, by_columns: bool) {
+    if by_columns {
+        launch
+            .arg(topo.offsets_t.slice())
+            .arg(topo.column_indices_t.slice())
+            .arg(topo.block_offsets_t.slice());
+    } else {
+        launch
+            .arg(topo.offsets.slice())
+            .arg(topo.column_indices.slice());
     }
 }
 
@@ -404,57 +406,40 @@ fn launch_dsd<T: MmaElement>(
     }
     let (sparse_i32, h_i32) = (arg_i32(sparse), arg_i32(h));
     let values = s.matrix.data.slice();
-    if s.transposed {
-        let func = kernel::<T>(backend, "dsd_tn")?;
-        let mut launch = backend.stream().launch_builder(&func);
-        launch
-            .arg(values)
-            .arg(b.slice())
-            .arg(out.slice_mut())
-            .arg(topo.offsets_t.slice())
-            .arg(topo.column_indices_t.slice())
-            .arg(topo.block_offsets_t.slice())
-            .arg(&sparse_i32)
-            .arg(&h_i32);
-        // SAFETY: dl_dsd_tn_T(const T* s, const T* b, T* out, const i32*
-        // offsets_t, const i32* column_indices_t, const i32* block_offsets_t,
-        // i32 block_cols, i32 n), 256 threads, 65536 bytes of dynamic shared
-        // memory (limit raised by `kernel`), block_cols * ceil(h / 128) CTAs
-        // (checked to fit i32). CTA (c, tile) reads offsets_t[c], offsets_t[c
-        // + 1] (block_cols + 1 entries) and, for each position between them,
-        // column_indices_t / block_offsets_t (max_blocks entries) of a
-        // crate-built topology: block rows < max_block_rows, blocks <
-        // max_blocks. It reads block values [blk*16384, +16384) (s holds
-        // max_blocks * 16384, checked by check_values), rows r*128 .. +128 of
-        // b ([rows, h], checked by check_dsd) at columns < h, and writes
-        // out[c*128 .. +128, tile*128 .. min(h, +128)] of the [cols, h]
-        // output (checked). h is a multiple of 8 (16-byte chunks, aligned).
-        unsafe { launch.launch(config(ctas)) }?;
-    } else {
-        let func = kernel::<T>(backend, "dsd_nn")?;
-        let mut launch = backend.stream().launch_builder(&func);
-        launch
-            .arg(values)
-            .arg(b.slice())
-            .arg(out.slice_mut())
-            .arg(topo.offsets.slice())
-            .arg(topo.column_indices.slice())
-            .arg(&sparse_i32)
-            .arg(&h_i32);
-        // SAFETY: dl_dsd_nn_T(const T* s, const T* b, T* out, const i32*
-        // offsets, const i32* column_indices, i32 max_block_rows, i32 n), 256
-        // threads, 65536 bytes of dynamic shared memory (limit raised by
-        // `kernel`), max_block_rows * ceil(h / 128) CTAs (checked to fit i32).
-        // CTA (r, tile) reads offsets[r], offsets[r + 1] (max_block_rows + 1
-        // entries) and the blocks between them (< max_blocks for a crate-built
-        // topology) with their column_indices (< block_cols): block values
-        // [blk*16384, +16384) (s holds max_blocks * 16384, checked by
-        // check_values), rows c*128 .. +128 of b ([cols, h], checked by
-        // check_dsd) at columns < h, and writes out[r*128 .. +128, tile*128 ..
-        // min(h, +128)] of the [rows, h] output (checked). h is a multiple of 8
-        // (16-byte chunks, aligned).
-        unsafe { launch.launch(config(ctas)) }?;
-    }
+    // The transposed product walks the block columns.
+    let by_columns = s.transposed;
+    let func = kernel::<T>(backend, if by_columns { "dsd_tn" } else { "dsd_nn" })?;
+    let mut launch = backend.stream().launch_builder(&func);
+    launch.arg(values).arg(b.slice()).arg(out.slice_mut());
+    push_walk(&mut launch, topo, by_columns);
+    launch.arg(&sparse_i32).arg(&h_i32);
+    // SAFETY (dsd_tn, by columns): dl_dsd_tn_T(const T* s, const T* b, T* out,
+    // const i32* offsets_t, const i32* column_indices_t, const i32*
+    // block_offsets_t, i32 block_cols, i32 n), 256 threads, 65536 bytes of
+    // dynamic shared memory (limit raised by `kernel`), block_cols * ceil(h /
+    // 128) CTAs (checked to fit i32). CTA (c, tile) reads offsets_t[c],
+    // offsets_t[c + 1] (block_cols + 1 entries) and, for each position between
+    // them, column_indices_t / block_offsets_t (max_blocks entries) of a
+    // crate-built topology: block rows < max_block_rows, blocks < max_blocks.
+    // It reads block values [blk*16384, +16384) (s holds max_blocks * 16384,
+    // checked by check_values), rows r*128 .. +128 of b ([rows, h], checked by
+    // check_dsd) at columns < h, and writes out[c*128 .. +128, tile*128 ..
+    // min(h, +128)] of the [cols, h] output (checked).
+    //
+    // SAFETY (dsd_nn, by rows): dl_dsd_nn_T(const T* s, const T* b, T* out,
+    // const i32* offsets, const i32* column_indices, i32 max_block_rows, i32
+    // n), 256 threads, 65536 bytes of dynamic shared memory (limit raised by
+    // `kernel`), max_block_rows * ceil(h / 128) CTAs (checked to fit i32). CTA
+    // (r, tile) reads offsets[r], offsets[r + 1] (max_block_rows + 1 entries)
+    // and the blocks between them (< max_blocks for a crate-built topology)
+    // with their column_indices (< block_cols): block values [blk*16384,
+    // +16384) (s holds max_blocks * 16384, checked by check_values), rows
+    // c*128 .. +128 of b ([cols, h], checked by check_dsd) at columns < h, and
+    // writes out[r*128 .. +128, tile*128 .. min(h, +128)] of the [rows, h]
+    // output (checked).
+    //
+    // Both: h is a multiple of 8 (16-byte chunks, aligned).
+    unsafe { launch.launch(config(ctas)) }?;
     Ok(())
 }
 
@@ -502,59 +487,40 @@ fn launch_dds<T: MmaElement>(
     }
     let (sparse_i32, m_i32, k_i32) = (arg_i32(sparse), arg_i32(m), arg_i32(k));
     let values = s.matrix.data.slice();
-    if s.transposed {
-        let func = kernel::<T>(backend, "dds_nt")?;
-        let mut launch = backend.stream().launch_builder(&func);
-        launch
-            .arg(a.slice())
-            .arg(values)
-            .arg(out.slice_mut())
-            .arg(topo.offsets.slice())
-            .arg(topo.column_indices.slice())
-            .arg(&sparse_i32)
-            .arg(&m_i32)
-            .arg(&k_i32);
-        // SAFETY: dl_dds_nt_T(const T* a, const T* s, T* out, const i32*
-        // offsets, const i32* column_indices, i32 max_block_rows, i32 m, i32
-        // cols), 256 threads, 65536 bytes of dynamic shared memory (limit
-        // raised by `kernel`), max_block_rows * ceil(m / 128) CTAs (checked to
-        // fit i32). CTA (r, tile) reads offsets[r], offsets[r + 1]
-        // (max_block_rows + 1 entries) and the blocks between them (<
-        // max_blocks for a crate-built topology) with their column_indices (<
-        // block_cols): block values [blk*16384, +16384) (s holds max_blocks *
-        // 16384, checked by check_values), rows tile*128 .. min(m, +128) and
-        // columns c*128 .. +128 of a ([m, cols], checked by check_dds), and
-        // writes out[tile*128 .. min(m, +128), r*128 .. +128] of the [m, rows]
-        // output (checked). cols is a multiple of 128 (aligned 16-byte chunks).
-        unsafe { launch.launch(config(ctas)) }?;
-    } else {
-        let func = kernel::<T>(backend, "dds_nn")?;
-        let mut launch = backend.stream().launch_builder(&func);
-        launch
-            .arg(a.slice())
-            .arg(values)
-            .arg(out.slice_mut())
-            .arg(topo.offsets_t.slice())
-            .arg(topo.column_indices_t.slice())
-            .arg(topo.block_offsets_t.slice())
-            .arg(&sparse_i32)
-            .arg(&m_i32)
-            .arg(&k_i32);
-        // SAFETY: dl_dds_nn_T(const T* a, const T* s, T* out, const i32*
-        // offsets_t, const i32* column_indices_t, const i32* block_offsets_t,
-        // i32 block_cols, i32 m, i32 rows), 256 threads, 65536 bytes of dynamic
-        // shared memory (limit raised by `kernel`), block_cols * ceil(m / 128)
-        // CTAs (checked to fit i32). CTA (c, tile) reads offsets_t[c],
-        // offsets_t[c + 1] (block_cols + 1 entries) and, for each position
-        // between them, column_indices_t / block_offsets_t (max_blocks entries)
-        // of a crate-built topology: block rows < max_block_rows, blocks <
-        // max_blocks. It reads block values [blk*16384, +16384) (checked by
-        // check_values), rows tile*128 .. min(m, +128) and columns r*128 ..
-        // +128 of a ([m, rows], checked by check_dds), and writes out[tile*128
-        // .. min(m, +128), c*128 .. +128] of the [m, cols] output (checked).
-        // rows is a multiple of 128 (aligned 16-byte chunks).
-        unsafe { launch.launch(config(ctas)) }?;
-    }
+    // The untransposed product walks the block columns.
+    let by_columns = !s.transposed;
+    let func = kernel::<T>(backend, if by_columns { "dds_nn" } else { "dds_nt" })?;
+    let mut launch = backend.stream().launch_builder(&func);
+    launch.arg(a.slice()).arg(values).arg(out.slice_mut());
+    push_walk(&mut launch, topo, by_columns);
+    launch.arg(&sparse_i32).arg(&m_i32).arg(&k_i32);
+    // SAFETY (dds_nt, by rows): dl_dds_nt_T(const T* a, const T* s, T* out,
+    // const i32* offsets, const i32* column_indices, i32 max_block_rows, i32
+    // m, i32 cols), 256 threads, 65536 bytes of dynamic shared memory (limit
+    // raised by `kernel`), max_block_rows * ceil(m / 128) CTAs (checked to fit
+    // i32). CTA (r, tile) reads offsets[r], offsets[r + 1] (max_block_rows + 1
+    // entries) and the blocks between them (< max_blocks for a crate-built
+    // topology) with their column_indices (< block_cols): block values
+    // [blk*16384, +16384) (s holds max_blocks * 16384, checked by
+    // check_values), rows tile*128 .. min(m, +128) and columns c*128 .. +128
+    // of a ([m, cols], checked by check_dds), and writes out[tile*128 ..
+    // min(m, +128), r*128 .. +128] of the [m, rows] output (checked). cols is
+    // a multiple of 128 (aligned 16-byte chunks).
+    //
+    // SAFETY (dds_nn, by columns): dl_dds_nn_T(const T* a, const T* s, T* out,
+    // const i32* offsets_t, const i32* column_indices_t, const i32*
+    // block_offsets_t, i32 block_cols, i32 m, i32 rows), 256 threads, 65536
+    // bytes of dynamic shared memory (limit raised by `kernel`), block_cols *
+    // ceil(m / 128) CTAs (checked to fit i32). CTA (c, tile) reads
+    // offsets_t[c], offsets_t[c + 1] (block_cols + 1 entries) and, for each
+    // position between them, column_indices_t / block_offsets_t (max_blocks
+    // entries) of a crate-built topology: block rows < max_block_rows, blocks
+    // < max_blocks. It reads block values [blk*16384, +16384) (checked by
+    // check_values), rows tile*128 .. min(m, +128) and columns r*128 .. +128
+    // of a ([m, rows], checked by check_dds), and writes out[tile*128 ..
+    // min(m, +128), c*128 .. +128] of the [m, cols] output (checked). rows is
+    // a multiple of 128 (aligned 16-byte chunks).
+    unsafe { launch.launch(config(ctas)) }?;
     Ok(())
 }
 

@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::kernels::TOPOLOGY;
+use super::kernels::{launch_1d, TOPOLOGY};
 use super::{CudaBackend, DeviceTensor, DeviceTopology};
+use crate::checks::{check_nonempty, check_top_k};
 use crate::error::{check_i32, Error, Result};
 
 /// Most experts the kernel takes (one i32 per expert in 48 KiB of shared memory).
@@ -24,24 +25,9 @@ fn check_topology_shapes(padded_bins: &[usize], tokens: usize, top_k: usize) -> 
             message: format!("padded_bins must be 1-D [experts], found {padded_bins:?}"),
         });
     };
-    if experts == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of experts",
-        });
-    }
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    if top_k == 0 || top_k > experts {
-        return Err(Error::InvalidTopK {
-            top_k,
-            num_experts: experts,
-        });
-    }
+    check_nonempty(OP, "the number of experts", experts)?;
+    check_nonempty(OP, "the number of tokens", tokens)?;
+    check_top_k(top_k, experts)?;
     if experts > MAX_TOPOLOGY_EXPERTS {
         return Err(Error::InvalidConfig(format!(
             "the CUDA topology builder supports at most {MAX_TOPOLOGY_EXPERTS} experts, found {experts}"
@@ -102,11 +88,7 @@ fn build_into(
     // The kernel's thread index runs up to one CTA past `threads`.
     check_i32("topology threads (+ one CTA)", threads as u128 + 256)?;
     let func = backend.function(TOPOLOGY, "dl_build_topology")?;
-    let cfg = LaunchConfig {
-        grid_dim: (threads.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: (experts * 4) as u32,
-    };
+    let cfg = launch_1d(threads.div_ceil(256), 256, experts * 4);
     let (e_i32, b_i32, pr_i32, rows_i32) = (
         experts as i32,
         out.block_size as i32,

@@ -18,12 +18,13 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2};
 
+use crate::checks::{check_nonempty, check_top_k};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
-use crate::reference::moe::{router_logits, MlpKind, MoeConfig, MoeWeights};
+use crate::reference::moe::{check_input, router_logits, MlpKind, MoeConfig, MoeWeights};
 use crate::reference::permute::{histogram, inclusive_cumsum, sort_by_expert};
-use crate::reference::routing::{check_top_k, route, Routing};
+use crate::reference::routing::{route, Routing};
 
 /// The result of a capacity-factor MoE forward.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,18 +59,8 @@ pub fn expert_capacity(
              expert its even share of the assignments; >= num_experts / top_k drops nothing)"
         )));
     }
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    if num_experts == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of experts",
-        });
-    }
+    check_nonempty(OP, "the number of tokens", tokens)?;
+    check_nonempty(OP, "the number of experts", num_experts)?;
     check_top_k(top_k, num_experts)?;
     let assignments = product(&[tokens, top_k]);
     check_i32("tokens x top_k", assignments)?;
@@ -240,33 +231,4 @@ pub fn forward<T: Element>(
     let logits = router_logits(x, weights.router.view());
     let routing = route(logits.view(), config.top_k, config.renormalize)?;
     forward_routed(config, weights, x, &routing, capacity_factor)
-}
-
-/// Checks the config, the weights and `x`; returns the number of tokens.
-fn check_input<T: Element>(
-    op: &'static str,
-    config: &MoeConfig,
-    weights: &MoeWeights<T>,
-    x: ArrayView2<T>,
-) -> Result<usize> {
-    weights.check(config)?;
-    let (tokens, hidden) = x.dim();
-    if hidden != config.hidden {
-        return Err(Error::ShapeMismatch {
-            op,
-            message: format!(
-                "x must be [tokens, hidden] with hidden = {}, found {:?}",
-                config.hidden,
-                x.dim()
-            ),
-        });
-    }
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of tokens",
-        });
-    }
-    check_i32("tokens x hidden", product(&[tokens, hidden]))?;
-    Ok(tokens)
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
+use crate::checks::{check_nonempty, check_top_k};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
@@ -17,7 +18,7 @@ use crate::reference::loss::{load_balancing_loss, router_z_loss};
 use crate::reference::permute::{
     histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter, sort_by_expert,
 };
-use crate::reference::routing::{check_top_k, route, Routing};
+use crate::reference::routing::{route, Routing};
 use crate::reference::sparse_ops::{dsd, sdd};
 use crate::sparse::BlockSparse;
 use crate::topology::{Topology, CPU_BLOCK_SIZES};
@@ -63,18 +64,8 @@ impl MoeConfig {
                 supported: CPU_BLOCK_SIZES,
             });
         }
-        if self.num_experts == 0 {
-            return Err(Error::Empty {
-                op: OP,
-                what: "the number of experts",
-            });
-        }
-        if self.hidden == 0 {
-            return Err(Error::Empty {
-                op: OP,
-                what: "the hidden size",
-            });
-        }
+        check_nonempty(OP, "the number of experts", self.num_experts)?;
+        check_nonempty(OP, "the hidden size", self.hidden)?;
         check_top_k(self.top_k, self.num_experts)?;
         if self.ffn == 0 || self.ffn % self.block_size != 0 {
             return Err(Error::InvalidConfig(format!(
@@ -338,13 +329,19 @@ fn expert_hidden<T: Element>(
     Ok((pre_w1, pre_w3, hidden))
 }
 
-/// Checks that `x` is a non-empty `[tokens, hidden]` input of `config`.
-fn check_input<T>(config: &MoeConfig, x: ArrayView2<T>) -> Result<()> {
-    const OP: &str = "moe::forward";
+/// Checks the config, the weights and that `x` is a non-empty
+/// `[tokens, hidden]` input of `config`; returns the number of tokens.
+pub(crate) fn check_input<T: Element>(
+    op: &'static str,
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x: ArrayView2<T>,
+) -> Result<usize> {
+    weights.check(config)?;
     let (tokens, hidden) = x.dim();
     if hidden != config.hidden {
         return Err(Error::ShapeMismatch {
-            op: OP,
+            op,
             message: format!(
                 "x must be [tokens, hidden] with hidden = {}, found {:?}",
                 config.hidden,
@@ -352,13 +349,9 @@ fn check_input<T>(config: &MoeConfig, x: ArrayView2<T>) -> Result<()> {
             ),
         });
     }
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the number of tokens",
-        });
-    }
-    check_i32("tokens x hidden", product(&[tokens, hidden]))
+    check_nonempty(op, "the number of tokens", tokens)?;
+    check_i32("tokens x hidden", product(&[tokens, hidden]))?;
+    Ok(tokens)
 }
 
 /// The dMoE forward: `x` is `[tokens, hidden]`.
@@ -389,8 +382,7 @@ pub fn forward_train<T: Element>(
     weights: &MoeWeights<T>,
     x: ArrayView2<T>,
 ) -> Result<(MoeOutput<T>, MoeSaved<T>)> {
-    weights.check(config)?;
-    check_input(config, x)?;
+    check_input("moe::forward", config, weights, x)?;
     let (e, k) = (config.num_experts, config.top_k);
 
     let logits = router_logits(x, weights.router.view());

@@ -9,9 +9,9 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
+use crate::checks::{check_nonempty, check_top_k};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
-use crate::reference::routing::check_top_k;
 use crate::topology::CPU_BLOCK_SIZES;
 
 /// Checks a `[tokens, top_k]` matrix of expert ids: non-empty, i32-indexable,
@@ -22,18 +22,8 @@ fn check_expert_ids(
     num_experts: usize,
 ) -> Result<()> {
     let (tokens, top_k) = expert_ids.dim();
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of tokens",
-        });
-    }
-    if num_experts == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of experts",
-        });
-    }
+    check_nonempty(op, "the number of tokens", tokens)?;
+    check_nonempty(op, "the number of experts", num_experts)?;
     check_top_k(top_k, num_experts)?;
     check_i32("tokens x top_k", product(&[tokens, top_k]))?;
     check_i32("num_experts", num_experts as u128)?;
@@ -177,18 +167,8 @@ impl Layout {
     ) -> Result<Self> {
         let n = indices.len();
         let experts = bins.len();
-        if n == 0 {
-            return Err(Error::Empty {
-                op,
-                what: "the number of assignments",
-            });
-        }
-        if experts == 0 {
-            return Err(Error::Empty {
-                op,
-                what: "the number of experts",
-            });
-        }
+        check_nonempty(op, "the number of assignments", n)?;
+        check_nonempty(op, "the number of experts", experts)?;
         check_top_k(top_k, experts)?;
         check_i32("tokens x top_k", n as u128)?;
         let mismatch = |message: String| Error::ShapeMismatch { op, message };

@@ -4,9 +4,10 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::checks::check_top_k;
 use crate::error::{Error, Result};
 use crate::reference::permute::histogram;
-use crate::reference::routing::{check_finite, check_router_matrix, check_top_k, Routing};
+use crate::reference::routing::{check_finite, check_router_matrix, Routing};
 
 /// Coefficients of the auxiliary losses in the training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

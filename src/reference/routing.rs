@@ -2,6 +2,7 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::checks::{check_router_dims, check_top_k};
 use crate::error::{check_i32, product, Error, Result};
 
 /// The routing decision of a batch of tokens.
@@ -16,14 +17,6 @@ pub struct Routing {
     /// or its probability divided by the sum of the token's k probabilities
     /// when the routing renormalises.
     pub weights: Array2<f32>,
-}
-
-/// Checks that `top_k` lies in `1..=num_experts`.
-pub(crate) fn check_top_k(top_k: usize, num_experts: usize) -> Result<()> {
-    if top_k == 0 || top_k > num_experts {
-        return Err(Error::InvalidTopK { top_k, num_experts });
-    }
-    Ok(())
 }
 
 /// Checks that every value of `m` is finite, naming the first one that is not.
@@ -43,19 +36,7 @@ pub(crate) fn check_finite(what: &'static str, m: ArrayView2<f32>) -> Result<()>
 /// probabilities) is non-empty and indexable with i32.
 pub(crate) fn check_router_matrix(op: &'static str, m: ArrayView2<f32>) -> Result<()> {
     let (tokens, experts) = m.dim();
-    if tokens == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of tokens",
-        });
-    }
-    if experts == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of experts",
-        });
-    }
-    check_i32("tokens x experts", product(&[tokens, experts]))
+    check_router_dims(op, tokens, experts)
 }
 
 /// Softmax of one row of logits, in f32 (max subtracted first).

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
+use crate::checks::check_nonempty;
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::sparse::{BlockSparse, SparseView};
@@ -57,12 +58,7 @@ pub fn sdd<T: Element>(
             ),
         });
     }
-    if k == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension k",
-        });
-    }
+    check_nonempty(OP, "the inner dimension k", k)?;
     check_i32("sdd: elements of A", product(&[rows, k]))?;
     check_i32("sdd: elements of B", product(&[cols, k]))?;
 
@@ -116,12 +112,7 @@ pub fn dsd<T: Element>(s: SparseView<T>, b: ArrayView2<T>) -> Result<Array2<T>> 
             ),
         });
     }
-    if n == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension (columns of op(S))",
-        });
-    }
+    check_nonempty(OP, "the inner dimension (columns of op(S))", n)?;
     check_i32("dsd: elements of B", product(&[n, h]))?;
     check_i32("dsd: elements of the output", product(&[m, h]))?;
 
@@ -180,12 +171,7 @@ pub fn dds<T: Element>(a: ArrayView2<T>, s: SparseView<T>) -> Result<Array2<T>> 
             ),
         });
     }
-    if k == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: "the inner dimension (rows of op(S))",
-        });
-    }
+    check_nonempty(OP, "the inner dimension (rows of op(S))", k)?;
     check_i32("dds: elements of A", product(&[m, k]))?;
     check_i32("dds: elements of the output", product(&[m, n]))?;
 
