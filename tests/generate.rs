@@ -280,10 +280,13 @@ fn bad_folders_give_errors_naming_the_field_or_tensor() {
 
 #[test]
 fn bad_inputs_give_errors() {
-    let config = ModelConfig::from_json(&demo::config_json()).unwrap();
+    let config = ModelConfig::from_json(&demo::config_json(demo::DemoSize::Small)).unwrap();
     let model = Model::<f32>::load(
         config,
-        &demo::weights(&ModelConfig::from_json(&demo::config_json()).unwrap(), 1),
+        &demo::weights(
+            &ModelConfig::from_json(&demo::config_json(demo::DemoSize::Small)).unwrap(),
+            1,
+        ),
     )
     .unwrap();
     let err = model
@@ -308,7 +311,7 @@ fn bad_inputs_give_errors() {
 
 #[test]
 fn demo_model_generates_deterministically() {
-    let config = ModelConfig::from_json(&demo::config_json()).unwrap();
+    let config = ModelConfig::from_json(&demo::config_json(demo::DemoSize::Small)).unwrap();
     let model = Model::<f32>::load(config.clone(), &demo::weights(&config, 5)).unwrap();
     let a = model.generate(&[vec![1, 2, 3, 4]], 6).unwrap();
     let b = model.generate(&[vec![1, 2, 3, 4]], 6).unwrap();
@@ -317,6 +320,23 @@ fn demo_model_generates_deterministically() {
     assert!(a.tokens[0]
         .iter()
         .all(|&t| (t as usize) < config.vocab_size));
+}
+
+#[test]
+fn demo_sizes_parse_and_the_gpu_size_has_mixtral_8x7b_layer_shapes() {
+    assert_eq!(demo::DemoSize::parse("small"), Some(demo::DemoSize::Small));
+    assert_eq!(demo::DemoSize::parse("big"), None);
+    let size = demo::DemoSize::parse("mixtral-2l").unwrap();
+    let config = ModelConfig::from_json(&demo::config_json(size)).unwrap();
+    assert_eq!(
+        (
+            config.hidden_size,
+            config.moe_ffn,
+            config.num_experts,
+            config.num_layers
+        ),
+        (4096, 14336, 8, 2)
+    );
 }
 
 /// Reads a little-endian f32 `.npy` of rank 3.

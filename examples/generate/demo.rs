@@ -7,19 +7,46 @@ use serde_json::{json, Value};
 use crate::checkpoint::MemorySource;
 use crate::config::ModelConfig;
 
+/// The size of the built-in demo model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoSize {
+    /// Vocab 512, hidden 128, 4 layers, 8 experts (ffn 256), top-2: runs in
+    /// well under a second on a CPU.
+    Small,
+    /// Two Mixtral-8x7B-shaped layers (vocab 32000, hidden 4096, 32 heads / 8
+    /// KV heads, 8 experts of ffn 14336, top-2): a size that fills a GPU. Its
+    /// random weights take about 13 GB of host memory while they load.
+    Mixtral2L,
+}
+
+impl DemoSize {
+    /// Parses `small` or `mixtral-2l`.
+    pub fn parse(v: &str) -> Option<DemoSize> {
+        match v {
+            "small" => Some(DemoSize::Small),
+            "mixtral-2l" => Some(DemoSize::Mixtral2L),
+            _ => None,
+        }
+    }
+}
+
 /// The demo model's `config.json`.
-pub fn config_json() -> Value {
+pub fn config_json(size: DemoSize) -> Value {
+    let (vocab, hidden, layers, heads, kv_heads, ffn) = match size {
+        DemoSize::Small => (512, 128, 4, 8, 4, 256),
+        DemoSize::Mixtral2L => (32000, 4096, 2, 32, 8, 14336),
+    };
     json!({
         "model_type": "mixtral",
-        "vocab_size": 512,
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
         "head_dim": null,
         "num_local_experts": 8,
         "num_experts_per_tok": 2,
-        "intermediate_size": 256,
+        "intermediate_size": ffn,
         "rms_norm_eps": 1e-5,
         "rope_theta": 1e6,
         "hidden_act": "silu",

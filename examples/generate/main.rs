@@ -5,11 +5,13 @@
 //! ```text
 //! cargo run --release --example generate -- [--model DIR] [--prompt-ids 1,2,3 [--prompt-ids 4,5,6 ...]]
 //!     [--prompt TEXT] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16]
-//!     [--logits-out FILE.npy]
+//!     [--logits-out FILE.npy] [--random-prompt BATCH,LEN] [--demo small|mixtral-2l]
 //! ```
 //!
 //! Without `--model` a built-in demo model (small Mixtral-like config, seeded
-//! random weights) runs. `--prompt-ids` repeats for a batch of equal-length
+//! random weights) runs; `--demo mixtral-2l` makes it two Mixtral-8x7B-shaped
+//! layers instead, a size that fills a GPU, and `--random-prompt BATCH,LEN`
+//! feeds it deterministic pseudo-random prompts of that shape. `--prompt-ids` repeats for a batch of equal-length
 //! sequences; `--prompt` needs `tokenizer.json` in the model folder.
 //! `--device auto` (the default) takes the GPU when one works and the model
 //! fits the GPU kernels (expert FFN a multiple of 128, hidden a multiple of
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use demo::DemoSize;
 use dropless::cuda::CudaBackend;
 use dropless::layer::Backend;
 use dropless::{DType, Element};
@@ -161,10 +164,14 @@ struct Args {
     /// `None`: f32 on the CPU, bf16 on the GPU.
     dtype: Option<DType>,
     logits_out: Option<PathBuf>,
+    demo: DemoSize,
+    /// `--random-prompt BATCH,LEN`: deterministic pseudo-random prompts.
+    random_prompt: Option<(usize, usize)>,
 }
 
 const USAGE: &str = "usage: generate [--model DIR] [--prompt-ids 1,2,3 [--prompt-ids 4,5,6 ...]] \
-[--prompt TEXT] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16] [--logits-out FILE.npy]";
+[--prompt TEXT] [--random-prompt BATCH,LEN] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
+[--logits-out FILE.npy] [--demo small|mixtral-2l]";
 
 /// Parses `1,2,3` into token ids.
 fn parse_ids(v: &str) -> Result<Vec<u32>> {
@@ -188,6 +195,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
         device: DeviceChoice::Auto,
         dtype: None,
         logits_out: None,
+        demo: DemoSize::Small,
+        random_prompt: None,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -232,13 +241,36 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
                 })
             }
             "--logits-out" => args.logits_out = Some(PathBuf::from(value()?)),
+            "--demo" => {
+                let v = value()?;
+                args.demo = DemoSize::parse(&v).ok_or_else(|| {
+                    ModelError::Input(format!("--demo takes small or mixtral-2l, found {v}"))
+                })?;
+            }
+            "--random-prompt" => {
+                let v = value()?;
+                let shape = v
+                    .split_once(',')
+                    .and_then(|(b, l)| Some((b.trim().parse().ok()?, l.trim().parse().ok()?)))
+                    .filter(|&(b, l): &(usize, usize)| b > 0 && l > 0);
+                args.random_prompt = Some(shape.ok_or_else(|| {
+                    ModelError::Input(format!(
+                        "--random-prompt takes BATCH,LEN (positive integers), found {v}"
+                    ))
+                })?);
+            }
             "-h" | "--help" => return Err(ModelError::Input(USAGE.into())),
             other => return Err(ModelError::Input(format!("unknown flag {other} ({USAGE})"))),
         }
     }
-    if args.prompt.is_some() && !args.prompt_ids.is_empty() {
+    let sources = [
+        args.prompt.is_some(),
+        !args.prompt_ids.is_empty(),
+        args.random_prompt.is_some(),
+    ];
+    if sources.iter().filter(|&&s| s).count() > 1 {
         return Err(ModelError::Input(
-            "pass either --prompt or --prompt-ids, not both".into(),
+            "pass one of --prompt, --prompt-ids or --random-prompt".into(),
         ));
     }
     Ok(args)
@@ -261,9 +293,29 @@ fn tokenizer(dir: Option<&Path>) -> Result<tokenizers::Tokenizer> {
         .map_err(|e| ModelError::file(&path, format!("cannot load the tokenizer: {e}")))
 }
 
+/// `batch` prompts of `len` ids in `1..vocab`, the same on every run.
+fn random_prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..batch)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (1 + state % (vocab.max(2) as u64 - 1)) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The prompts of the command line (tokenized `--prompt`, `--prompt-ids`,
-/// or `1..=8`) and the tokenizer when `--prompt` needs one.
-fn prompts(args: &Args) -> Result<(Vec<Vec<u32>>, Option<tokenizers::Tokenizer>)> {
+/// `--random-prompt`, or `1..=8`) and the tokenizer when `--prompt` needs one.
+fn prompts(args: &Args, vocab: usize) -> Result<(Vec<Vec<u32>>, Option<tokenizers::Tokenizer>)> {
+    if let Some((batch, len)) = args.random_prompt {
+        return Ok((random_prompts(batch, len, vocab), None));
+    }
     let Some(text) = &args.prompt else {
         let prompts = if args.prompt_ids.is_empty() {
             vec![(1..=8).collect()]
@@ -280,8 +332,14 @@ fn prompts(args: &Args) -> Result<(Vec<Vec<u32>>, Option<tokenizers::Tokenizer>)
 }
 
 /// Runs the prompts through `model` and prints the results.
-fn run(args: &Args, device: &Device, dtype: DType, model: &dyn LanguageModel) -> Result<()> {
-    let (prompts, tok) = prompts(args)?;
+fn run(
+    args: &Args,
+    device: &Device,
+    dtype: DType,
+    vocab: usize,
+    model: &dyn LanguageModel,
+) -> Result<()> {
+    let (prompts, tok) = prompts(args, vocab)?;
     if let Some(path) = &args.logits_out {
         npy::write(path, &model.logits(&prompts)?)?;
     }
@@ -316,8 +374,9 @@ fn run(args: &Args, device: &Device, dtype: DType, model: &dyn LanguageModel) ->
 
 /// Loads the model as `T` on the CPU and runs it.
 fn run_cpu<T: Element, S: TensorSource>(args: &Args, config: ModelConfig, src: &S) -> Result<()> {
+    let vocab = config.vocab_size;
     let model = Model::<T>::load(config, src)?;
-    run(args, &Device::Cpu, T::DTYPE, &model)
+    run(args, &Device::Cpu, T::DTYPE, vocab, &model)
 }
 
 /// Loads the model as `T`, uploads it to the GPU (dropping the host copy)
@@ -328,8 +387,15 @@ fn run_gpu<T: GpuElement, S: TensorSource>(
     config: ModelConfig,
     src: &S,
 ) -> Result<()> {
+    let vocab = config.vocab_size;
     let model = GpuModel::upload(Arc::clone(backend), Model::<T>::load(config, src)?)?;
-    run(args, &Device::Cuda(Arc::clone(backend)), T::DTYPE, &model)
+    run(
+        args,
+        &Device::Cuda(Arc::clone(backend)),
+        T::DTYPE,
+        vocab,
+        &model,
+    )
 }
 
 /// Picks the device for `config` and dispatches on the run dtype.
@@ -365,7 +431,7 @@ fn main_inner() -> Result<()> {
             run_on(&args, device, config, &src)
         }
         None => {
-            let config = ModelConfig::from_json(&demo::config_json())?;
+            let config = ModelConfig::from_json(&demo::config_json(args.demo))?;
             let src = demo::weights(&config, 0x00D1_5EA5);
             run_on(&args, device, config, &src)
         }
