@@ -17,11 +17,20 @@ const GENCODE: &[&str] = &[
 fn main() {
     println!("cargo:rerun-if-changed=cuda");
     println!("cargo:rerun-if-changed=build.rs");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "DROPLESS_REQUIRE_NVCC"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "DROPLESS_REQUIRE_NVCC",
+        "DROPLESS_LINEINFO",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let require = env::var("DROPLESS_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+    // Source-line tables for profilers (ncu's source view) more than double
+    // the fatbins, so they are opt-in.
+    let lineinfo = env::var("DROPLESS_LINEINFO").is_ok_and(|v| v == "1");
 
     let mut sources: Vec<PathBuf> = fs::read_dir("cuda")
         .map(|d| {
@@ -35,7 +44,7 @@ fn main() {
     let nvcc = find_nvcc();
     let built = match &nvcc {
         Some(nvcc) => {
-            compile_all(nvcc, &sources, &out_dir, require);
+            compile_all(nvcc, &sources, &out_dir, require, lineinfo);
             true
         }
         None => {
@@ -101,7 +110,7 @@ fn find_nvcc() -> Option<PathBuf> {
 
 /// Compiles all sources in parallel and writes the ptxas report; a failed
 /// compilation fails the build.
-fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, require: bool) {
+fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, require: bool, lineinfo: bool) {
     let outputs: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
@@ -109,7 +118,8 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, require: bool) 
                 s.spawn(move || {
                     let stem = src.file_stem().unwrap().to_string_lossy().to_string();
                     let out = Command::new(nvcc)
-                        .args(["-fatbin", "-O3", "-std=c++17", "-lineinfo", "-Icuda"])
+                        .args(["-fatbin", "-O3", "-std=c++17", "-Icuda"])
+                        .args(lineinfo.then_some("-lineinfo"))
                         .args(GENCODE)
                         .args(["-Xptxas", "-v,-warn-spills,-warn-lmem-usage"])
                         .arg("-o")
