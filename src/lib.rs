@@ -6,9 +6,12 @@
 //! block-diagonal [`Topology`], so no token is dropped and no FLOP is spent on
 //! capacity padding.
 //!
-//! - [`reference`]: the ndarray CPU reference of every op (f32 math).
+//! - [`layer`]: the dMoE layer (forward and backward) behind one API on
+//!   both backends: start here.
+//! - [`reference`](mod@reference): the ndarray CPU reference of every op (f32 math).
 //! - [`cuda`]: the CUDA backend (hand-written kernels, safe wrappers).
 //! - [`Topology`] and [`BlockSparse`]: the block-sparse layout.
+//! - [`Error`]: every bad input and every missing piece of the GPU stack.
 
 mod checks;
 pub mod cuda;
