@@ -1,5 +1,4 @@
-// Kernels of the baselines the dropless layer is compared against: the dense
-// FFN's activations, and the capacity-factor MoE's dispatch into
+// Kernels of the capacity-factor MoE baseline: its dispatch into
 // [experts, capacity, hidden] slots, its combine, and its dropped fraction.
 // Math in f32, one rounding on store; grid-stride loops (the wrappers check
 // that n + gridDim.x * blockDim.x fits i32). No float atomics: every output
@@ -7,29 +6,6 @@
 #include "common.cuh"
 
 namespace {
-
-__device__ __forceinline__ float gelu_f(float x) {
-  const float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
-  const float k1 = 0.044715f;
-  return 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
-}
-
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-template <typename T>
-__device__ void dense_gelu_impl(T* x, int32_t n) {
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    x[i] = dl::from_f32<T>(gelu_f(dl::to_f32(x[i])));
-  }
-}
-
-template <typename T>
-__device__ void dense_silu_mul_impl(T* gate, const T* __restrict__ up, int32_t n) {
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    const float g = dl::to_f32(gate[i]);
-    gate[i] = dl::from_f32<T>(g * sigmoid_f(g) * dl::to_f32(up[i]));
-  }
-}
 
 // One thread per (sorted assignment p, column c). The sorted assignment p is
 // a = indices[p] routed to e = bin_ids[p]; its rank within expert e is
@@ -110,10 +86,6 @@ DL_EXTERN void dl_capacity_dropped(const int32_t* __restrict__ counts, int32_t n
 }
 
 #define DL_CAPACITY(T, SUFFIX)                                                                 \
-  DL_EXTERN void dl_dense_gelu_##SUFFIX(T* x, int32_t n) { dense_gelu_impl<T>(x, n); }          \
-  DL_EXTERN void dl_dense_silu_mul_##SUFFIX(T* gate, const T* up, int32_t n) {                  \
-    dense_silu_mul_impl<T>(gate, up, n);                                                        \
-  }                                                                                             \
   DL_EXTERN void dl_capacity_dispatch_##SUFFIX(                                                 \
       const T* x, const int32_t* indices, const int32_t* bin_ids, const int32_t* bins,          \
       int32_t n, int32_t top_k, int32_t hidden, int32_t num_experts, int32_t capacity,          \

@@ -35,4 +35,37 @@ __device__ __forceinline__ int32_t upper_bound(const int32_t* a, int32_t n, int3
   return lo;
 }
 
+// Elements of T in a 16-byte pack.
+template <typename T>
+constexpr int kPack = 16 / static_cast<int>(sizeof(T));
+
+// Loads P elements at p (one 16-byte access when P > 1) as f32.
+template <typename T, int P>
+__device__ __forceinline__ void load_f32(const T* p, float (&v)[P]) {
+  if constexpr (P == 1) {
+    v[0] = dl::to_f32(*p);
+  } else {
+    static_assert(P * sizeof(T) == 16, "a pack is 16 bytes");
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < P; ++k) v[k] = dl::to_f32(e[k]);
+  }
+}
+
+// Rounds P f32 values to T and stores them at p (one 16-byte access when P > 1).
+template <typename T, int P>
+__device__ __forceinline__ void store_f32(T* p, const float (&v)[P]) {
+  if constexpr (P == 1) {
+    *p = dl::from_f32<T>(v[0]);
+  } else {
+    static_assert(P * sizeof(T) == 16, "a pack is 16 bytes");
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < P; ++k) e[k] = dl::from_f32<T>(v[k]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+}
+
 }  // namespace dl

@@ -1,5 +1,9 @@
-// Small elementwise kernels the layer needs between the big ones: dtype casts
-// and in-place accumulation. Grid-stride loops; math in f32.
+// Small elementwise kernels the layer needs between the big ones: dtype casts,
+// in-place accumulation (grid-stride loops), and the dense maps shared by the
+// baselines and the language model: GeLU, SiLU(gate) * up and a + b (one
+// thread per element, or per 16-byte pack when the wrapper's `vec` flag says
+// every operand is 16-byte aligned and n a whole number of packs). Math in
+// f32, one rounding per stored value.
 #include "common.cuh"
 
 namespace {
@@ -26,6 +30,61 @@ __device__ void add_assign_impl(T* __restrict__ acc, const T* __restrict__ x, in
   }
 }
 
+// GeLU, tanh approximation, in the baselines' rounding.
+struct GeluOp {
+  __device__ float operator()(float x, float) const {
+    const float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
+    const float k1 = 0.044715f;
+    return 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
+  }
+};
+
+// SiLU(g) * u in one of two roundings: `quotient` is g / (1 + exp(-g)) * u
+// (the generate example's dense GLU), else g * sigmoid(g) * u with
+// sigmoid(g) = 1 / (1 + exp(-g)) (reference::activation::silu, the baselines).
+struct SiluMulOp {
+  bool quotient;
+  __device__ float operator()(float g, float u) const {
+    const float e = 1.0f + expf(-g);
+    return quotient ? g / e * u : g * (1.0f / e) * u;
+  }
+};
+
+struct AddOp {
+  __device__ float operator()(float x, float y) const { return x + y; }
+};
+
+// out[i] = op(a[i], b[i]) (b unused when null): one thread per pack of P
+// elements, packs < n / P; with P > 1 the wrapper checked n % P == 0 and the
+// alignment. No __restrict__: `out` may be `a` (in place), each thread reads
+// its pack before writing it.
+template <typename T, int P, typename Op>
+__device__ __forceinline__ void map_impl(const T* a, const T* b, T* out, int32_t n, Op op) {
+  const uint32_t pack = blockIdx.x * blockDim.x + threadIdx.x;
+  if (pack >= static_cast<uint32_t>(n / P)) return;
+  const int32_t i = static_cast<int32_t>(pack) * P;
+  float x[P], y[P];
+  dl::load_f32<T, P>(a + i, x);
+  if (b != nullptr) {
+    dl::load_f32<T, P>(b + i, y);
+  } else {
+#pragma unroll
+    for (int k = 0; k < P; ++k) y[k] = 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < P; ++k) x[k] = op(x[k], y[k]);
+  dl::store_f32<T, P>(out + i, x);
+}
+
+template <typename T, typename Op>
+__device__ void map(const T* a, const T* b, T* out, int32_t n, int32_t vec, Op op) {
+  if (vec) {
+    map_impl<T, dl::kPack<T>>(a, b, out, n, op);
+  } else {
+    map_impl<T, 1>(a, b, out, n, op);
+  }
+}
+
 }  // namespace
 
 #define DL_CASTS(T, SUFFIX)                                                        \
@@ -41,6 +100,18 @@ __device__ void add_assign_impl(T* __restrict__ acc, const T* __restrict__ x, in
     add_assign_impl<T>(acc, x, n);                                       \
   }
 
+#define DL_DENSE(T, SUFFIX)                                                                    \
+  DL_EXTERN void dl_dense_gelu_##SUFFIX(const T* x, T* out, int32_t n, int32_t vec) {           \
+    map<T>(x, nullptr, out, n, vec, GeluOp{});                                                  \
+  }                                                                                             \
+  DL_EXTERN void dl_dense_silu_mul_##SUFFIX(const T* gate, const T* up, T* out, int32_t n,      \
+                                            int32_t quotient, int32_t vec) {                    \
+    map<T>(gate, up, out, n, vec, SiluMulOp{quotient != 0});                                    \
+  }                                                                                             \
+  DL_EXTERN void dl_add_##SUFFIX(const T* a, const T* b, T* out, int32_t n, int32_t vec) {      \
+    map<T>(a, b, out, n, vec, AddOp{});                                                         \
+  }
+
 // f32 -> f32 is a plain copy, under the one name both directions use.
 DL_EXTERN void dl_cast_f32_to_f32(const float* src, float* dst, int32_t n) {
   cast_impl<float, float>(src, dst, n);
@@ -50,3 +121,6 @@ DL_CASTS(__nv_bfloat16, bf16)
 DL_ADD_ASSIGN(float, f32)
 DL_ADD_ASSIGN(__half, f16)
 DL_ADD_ASSIGN(__nv_bfloat16, bf16)
+DL_DENSE(float, f32)
+DL_DENSE(__half, f16)
+DL_DENSE(__nv_bfloat16, bf16)

@@ -18,38 +18,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kKeyChunk = kThreads;
 constexpr int kMaxHeadDim = 256;
 
-// Elements of T in a 16-byte pack.
-template <typename T>
-constexpr int kPack = 16 / static_cast<int>(sizeof(T));
-
-// Loads P elements at p (one 16-byte access when P > 1) as f32.
-template <typename T, int P>
-__device__ __forceinline__ void load_f32(const T* p, float (&v)[P]) {
-  if constexpr (P == 1) {
-    v[0] = dl::to_f32(*p);
-  } else {
-    static_assert(P * sizeof(T) == 16, "a pack is 16 bytes");
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < P; ++k) v[k] = dl::to_f32(e[k]);
-  }
-}
-
-// Rounds P f32 values to T and stores them at p (one 16-byte access when P > 1).
-template <typename T, int P>
-__device__ __forceinline__ void store_f32(T* p, const float (&v)[P]) {
-  if constexpr (P == 1) {
-    *p = dl::from_f32<T>(v[0]);
-  } else {
-    static_assert(P * sizeof(T) == 16, "a pack is 16 bytes");
-    uint4 raw;
-    T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < P; ++k) e[k] = dl::from_f32<T>(v[k]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  }
-}
+using dl::kPack;
+using dl::load_f32;
+using dl::store_f32;
 
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -365,7 +336,7 @@ __device__ void attention(const T* q, const T* k_cache, const T* v_cache, T* out
 
 // Where the second operand of an elementwise op comes from, for flat index i
 // of the first ([rows, d] when d matters).
-enum class Second { None, Same, Column, Row };
+enum class Second { None, Column, Row };
 
 // out[i] = op(a[i], b[index(i)]): one thread per pack of P elements, packs <
 // n / P. With P > 1 the wrapper checked n % P == 0 and, for Column and Row,
@@ -378,9 +349,7 @@ __device__ __forceinline__ void map_impl(const T* __restrict__ a, const T* __res
   const int32_t i = static_cast<int32_t>(pack) * P;
   float x[P], y[P];
   load_f32<T, P>(a + i, x);
-  if constexpr (S == Second::Same) {
-    load_f32<T, P>(b + i, y);
-  } else if constexpr (S == Second::Column) {
+  if constexpr (S == Second::Column) {
     load_f32<T, P>(b + i % d, y);
   } else if constexpr (S == Second::Row) {
     const float g = dl::to_f32(b[i / d]);
@@ -414,11 +383,6 @@ struct ClampOp {
   __device__ float operator()(float x, float) const {
     return x < -limit ? -limit : (x > limit ? limit : x);
   }
-};
-
-// The generate example's dense GLU: g / (1 + exp(-g)) * u.
-struct SiluMulOp {
-  __device__ float operator()(float g, float u) const { return g / (1.0f + expf(-g)) * u; }
 };
 
 // Qwen2-MoE's shared-expert gate: the sigmoid is rounded to T, then the
@@ -519,19 +483,12 @@ DL_EXTERN void dl_lm_argmax_rows(const float* x, int32_t* out, int32_t cols, int
                                int32_t hkv, int32_t d, float scale, int32_t vec) {               \
     attention<T>(q, k_cache, v_cache, out, tq, tmax, kv_len, hq, hkv, d, scale, vec);            \
   }                                                                                              \
-  DL_EXTERN void dl_lm_add_##SUFFIX(const T* a, const T* b, T* out, int32_t n, int32_t vec) {    \
-    map<T, Second::Same>(a, b, out, n, 1, vec, AddOp{});                                         \
-  }                                                                                              \
   DL_EXTERN void dl_lm_add_bias_##SUFFIX(const T* x, const T* bias, T* out, int32_t n,           \
                                          int32_t d, int32_t vec) {                               \
     map<T, Second::Column>(x, bias, out, n, d, vec, AddOp{});                                    \
   }                                                                                              \
   DL_EXTERN void dl_lm_clamp_##SUFFIX(const T* x, T* out, int32_t n, float limit, int32_t vec) { \
     map<T, Second::None>(x, nullptr, out, n, 1, vec, ClampOp{limit});                            \
-  }                                                                                              \
-  DL_EXTERN void dl_lm_silu_mul_##SUFFIX(const T* gate, const T* up, T* out, int32_t n,          \
-                                         int32_t vec) {                                          \
-    map<T, Second::Same>(gate, up, out, n, 1, vec, SiluMulOp{});                                 \
   }                                                                                              \
   DL_EXTERN void dl_lm_sigmoid_scale_##SUFFIX(const T* x, const T* logits, T* out, int32_t n,    \
                                               int32_t d, int32_t vec) {                          \

@@ -103,7 +103,7 @@ def split_top(s):
 
 def type_kind(ty):
     ty = ty.strip()
-    if re.search(r"Cuda(Slice|View|ViewMut)\b", ty):
+    if re.search(r"Cuda(Slice|View|ViewMut)\b|\bCUdeviceptr\b", ty):
         return "ptr"
     m = re.search(r"\b(i32|f32|u64|i64|u32|usize|f64|bool)\b", ty)
     return m.group(1) if m else "?"
@@ -146,6 +146,8 @@ def scalar_type(ident, sig, body, fns, file_text):
             if ident not in names:
                 continue
             rhs = body[eq + 1:end].strip()
+            if re.search(r"\.device_ptr(_mut)?\(", rhs):
+                return "ptr" if names.index(ident) == 0 else "?"
             if rhs.startswith("match"):
                 arm = rhs.find("=> (")
                 rhs = rhs[arm + 3:balanced(rhs, arm + 3)]
@@ -221,6 +223,8 @@ def name_pattern(func_var, launch_at, sig, body, fns, file_text):
         if not hm:
             return None
         expr = hm.group(1)
+        # Literal names at this call, else the ones the enclosing fn's callers pass.
+        literals = literals or caller_literals(re.search(r"fn\s+(\w+)", sig).group(1), file_text)
         params = {p: literals for p in re.findall(r"(\w+)\s*:\s*&str", helper[0])}
     return expr_pattern(expr, params, sig, file_text)
 

@@ -11,6 +11,9 @@ mod checkpoint;
 #[path = "../examples/generate/config.rs"]
 mod config;
 #[allow(dead_code)]
+#[path = "common/decode.rs"]
+mod decode;
+#[allow(dead_code)]
 #[path = "../examples/generate/demo.rs"]
 mod demo;
 #[allow(dead_code)]
@@ -29,12 +32,13 @@ mod writer;
 use std::path::Path;
 
 use half::bf16;
-use ndarray::{s, Array3};
+use ndarray::Array3;
 use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 
 use checkpoint::Checkpoint;
 use config::ModelConfig;
+use decode::{decode_step_by_step, prompts};
 use model::{KvCache, Model};
 use writer::{fuse_experts, temp_dir, tiny_config, tiny_tensors, write_checkpoint, Tensors, TINY};
 
@@ -70,46 +74,21 @@ fn assert_close(what: &str, a: &Array3<f32>, b: &Array3<f32>, atol: f32, rtol: f
     eprintln!("{what}: max abs error {worst:e}");
 }
 
-const PROMPTS: [[u32; 5]; 2] = [[3, 17, 5, 39, 0], [12, 1, 30, 8, 21]];
-
-fn prompts() -> Vec<Vec<u32>> {
-    PROMPTS.iter().map(|p| p.to_vec()).collect()
-}
-
 /// Cached greedy decoding step by step must give the full forward's logits
 /// at every position, and `generate` the same tokens.
 fn check_kv_cache(model: &Model<f32>, what: &str) {
     let steps = 4;
     let mut cache = KvCache::new(model, 2);
-    let mut seqs = prompts();
-    let mut input = prompts();
-    let mut cached_logits = Vec::new();
-    for _ in 0..steps {
-        let logits = model.forward(&input, Some(&mut cache)).unwrap();
-        let last = logits.slice(s![.., logits.dim().1 - 1, ..]).to_owned();
-        input.clear();
-        for (b, row) in last.rows().into_iter().enumerate() {
-            let next = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
-                as u32;
-            seqs[b].push(next);
-            input.push(vec![next]);
-        }
-        cached_logits.push(last);
-    }
+    let decoded = decode_step_by_step(steps, |input| {
+        model.forward(input, Some(&mut cache)).unwrap()
+    });
     let gen = model.generate(&prompts(), steps).unwrap();
     assert_eq!(
-        gen.tokens, seqs,
+        gen.tokens, decoded.seqs,
         "{what}: generate() differs from step-by-step decoding"
     );
-    let full_input: Vec<Vec<u32>> = seqs.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
-    let full = model.forward(&full_input, None).unwrap();
-    for (step, cached) in cached_logits.iter().enumerate() {
-        let pos = PROMPTS[0].len() - 1 + step;
-        let expect = full.slice(s![.., pos..pos + 1, ..]).to_owned();
-        let got = cached.clone().insert_axis(ndarray::Axis(1));
+    let full = model.forward(&decoded.full_input(), None).unwrap();
+    for (step, got, expect) in decoded.step_pairs(&full) {
         assert_close(&format!("{what} step {step}"), &got, &expect, 1e-5, 1e-5);
     }
 }

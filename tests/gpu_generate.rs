@@ -20,6 +20,8 @@ mod checkpoint;
 #[allow(dead_code)]
 #[path = "../examples/generate/config.rs"]
 mod config;
+#[path = "common/decode.rs"]
+mod decode;
 #[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
@@ -44,6 +46,7 @@ use safetensors::tensor::Dtype;
 
 use checkpoint::Checkpoint;
 use config::ModelConfig;
+use decode::{decode_step_by_step, prompts, PROMPTS};
 use gpu::{GpuKvCache, GpuModel};
 use model::Model;
 use writer::{temp_dir, tiny_config, tiny_tensors, write_checkpoint, Dims, TINY};
@@ -75,12 +78,6 @@ const LOGIT_TOL: f32 = 0.04;
 
 /// Greedy steps generated in the tests.
 const STEPS: usize = 4;
-
-const PROMPTS: [[u32; 5]; 2] = [[3, 17, 5, 39, 0], [12, 1, 30, 8, 21]];
-
-fn prompts() -> Vec<Vec<u32>> {
-    PROMPTS.iter().map(|p| p.to_vec()).collect()
-}
 
 fn backend() -> Arc<CudaBackend> {
     Arc::new(CudaBackend::try_new().expect("a CUDA device"))
@@ -208,40 +205,20 @@ fn gpu_cached_decoding_matches_gpu_full_forward() {
         // generated token.
         let capacity = PROMPTS[0].len() + STEPS - 1;
         let mut cache = GpuKvCache::new(&gpu, PROMPTS.len(), capacity).unwrap();
-        let mut seqs = prompts();
-        let mut input = prompts();
-        let mut cached = Vec::new();
-        for _ in 0..STEPS {
-            let logits = gpu.forward(&input, Some(&mut cache)).unwrap();
-            let last = logits.slice(s![.., logits.dim().1 - 1, ..]).to_owned();
-            input.clear();
-            for (b, row) in last.rows().into_iter().enumerate() {
-                let next = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
-                    as u32;
-                seqs[b].push(next);
-                input.push(vec![next]);
-            }
-            cached.push(last);
-        }
+        let decoded =
+            decode_step_by_step(STEPS, |input| gpu.forward(input, Some(&mut cache)).unwrap());
         let generated = gpu.generate(&prompts(), STEPS).unwrap();
         assert_eq!(
-            generated.tokens, seqs,
+            generated.tokens, decoded.seqs,
             "{family}: generate() differs from step-by-step decoding"
         );
-        let full_input: Vec<Vec<u32>> = seqs.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
-        let full = gpu.forward(&full_input, None).unwrap();
-        for (step, last) in cached.iter().enumerate() {
-            let pos = PROMPTS[0].len() - 1 + step;
-            let expect = full.slice(s![.., pos..pos + 1, ..]).to_owned();
-            let got = last.clone().insert_axis(Axis(1));
+        let full = gpu.forward(&decoded.full_input(), None).unwrap();
+        for (step, got, expect) in decoded.step_pairs(&full) {
             assert_close(&format!("{family} cached step {step}"), &got, &expect);
         }
         // The cache is full: one more token must be refused, not overrun.
         let err = gpu
-            .forward(&input, Some(&mut cache))
+            .forward(&decoded.next_input, Some(&mut cache))
             .unwrap_err()
             .to_string();
         assert!(err.contains("KV cache"), "{err}");

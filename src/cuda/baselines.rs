@@ -20,6 +20,7 @@ use cudarc::cublas::result::gemm_strided_batched_ex;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
+use super::elementwise::{gelu_in_place, silu_mul_in_place, SiluForm};
 use super::gemm::{check_matmul, matmul, matmul_into, GemmElement};
 use super::histogram::histogram;
 use super::kernels::CAPACITY;
@@ -33,7 +34,7 @@ use crate::error::{check_i32, product, Error, Result};
 use crate::reference::capacity::expert_capacity;
 use crate::reference::moe::{MlpKind, MoeConfig};
 
-/// Threads per CTA of the elementwise kernels.
+/// Threads per CTA of the capacity kernels.
 const THREADS: usize = 256;
 /// Most CTAs of a grid-stride launch.
 const MAX_CTAS: usize = 1 << 16;
@@ -349,24 +350,10 @@ fn activate<T: GemmElement>(
 ) -> Result<()> {
     let n = gate.len();
     check_elems("activation elements", n as u128)?;
-    let n_i32 = n as i32;
     match (mlp, up) {
-        (MlpKind::Plain, _) => {
-            let func = backend.function(CAPACITY, &format!("dl_dense_gelu_{}", T::SUFFIX))?;
-            let mut launch = backend.stream().launch_builder(&func);
-            launch.arg(gate).arg(&n_i32);
-            // SAFETY: dl_dense_gelu_T(T* x, i32 n) reads and writes x[0..n);
-            // `gate` holds n elements and n + the grid stride fits i32.
-            unsafe { launch.launch(grid(n)) }?;
-        }
+        (MlpKind::Plain, _) => gelu_in_place(backend, gate)?,
         (MlpKind::Glu, Some(up)) if up.len() >= n => {
-            let func = backend.function(CAPACITY, &format!("dl_dense_silu_mul_{}", T::SUFFIX))?;
-            let mut launch = backend.stream().launch_builder(&func);
-            launch.arg(gate).arg(up).arg(&n_i32);
-            // SAFETY: dl_dense_silu_mul_T(T* gate, const T* up, i32 n) reads
-            // and writes gate[0..n) and reads up[0..n): both hold at least n
-            // elements (checked) and n + the grid stride fits i32.
-            unsafe { launch.launch(grid(n)) }?;
+            silu_mul_in_place(backend, gate, up, SiluForm::Sigmoid)?
         }
         (MlpKind::Glu, _) => {
             return Err(Error::InvalidConfig(

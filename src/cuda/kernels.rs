@@ -41,12 +41,13 @@ kernel_modules! {
     PERMUTE => "permute";
     /// `cuda/topology.cu`: the device construction of the dMoE topology.
     TOPOLOGY => "topology";
-    /// `cuda/elementwise.cu`: dtype casts and in-place accumulation.
+    /// `cuda/elementwise.cu`: dtype casts, in-place accumulation and the dense
+    /// maps (GeLU, `SiLU(gate) * up`, `a + b`).
     ELEMENTWISE => "elementwise";
     /// `cuda/router_grad.cu`: the router backward and the auxiliary losses.
     ROUTER_GRAD => "router_grad";
-    /// `cuda/capacity.cu`: the baselines' dense activations and the
-    /// capacity-factor MoE's dispatch, combine and dropped fraction.
+    /// `cuda/capacity.cu`: the capacity-factor MoE baseline's dispatch,
+    /// combine and dropped fraction.
     CAPACITY => "capacity";
     /// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
     /// attention, elementwise maps, argmax).

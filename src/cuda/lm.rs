@@ -16,6 +16,8 @@ use std::mem::size_of;
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
+pub use super::elementwise::add;
+use super::elementwise::{self, check_same, SiluForm};
 use super::kernels::LM;
 use super::{CudaBackend, DeviceElement, DeviceTensor};
 use crate::dtype::Element;
@@ -291,24 +293,6 @@ fn check_write_kv(
         ));
     }
     Ok((tq, tmax, cols))
-}
-
-/// Checks that two operands have one nonzero-sized shape. Returns the length.
-fn check_same(op: &'static str, a: &[usize], b: &[usize]) -> Result<usize> {
-    if a != b {
-        return Err(mismatch(
-            op,
-            format!("operands must have one shape, found {a:?} and {b:?}"),
-        ));
-    }
-    let n: usize = a.iter().product();
-    if n == 0 {
-        return Err(Error::Empty {
-            op,
-            what: "the number of elements",
-        });
-    }
-    Ok(n)
 }
 
 /// Checks a bias addition: `x` `[rows, d]`, `bias` `[d]`. Returns `(rows, d)`.
@@ -613,49 +597,21 @@ pub fn attention_cached<T: DeviceElement + Element>(
 }
 
 /// The kernel, launch configuration and `vec` flag of elementwise kernel
-/// `dl_lm_<name>_<T>` over `n` elements: one thread per 16-byte pack when
-/// `vec`, else per element.
+/// `<kernel>_<T>` over `n` elements: one thread per 16-byte pack when `vec`,
+/// else per element.
 fn map_launch<T: DeviceElement>(
     backend: &CudaBackend,
-    name: &str,
+    kernel: &str,
     n: usize,
     vec: bool,
 ) -> Result<(CudaFunction, LaunchConfig, i32)> {
-    let func = backend.function(LM, &format!("dl_lm_{name}_{}", T::SUFFIX))?;
+    let func = backend.function(LM, &format!("{kernel}_{}", T::SUFFIX))?;
     let units = if vec { n / pack::<T>() } else { n };
     Ok((
         func,
         blocks(units.div_ceil(THREADS as usize), 0),
         vec as i32,
     ))
-}
-
-/// Element-wise `a + b` in f32, rounded once (the residual connection).
-///
-/// Errors: [`Error::ShapeMismatch`] when the shapes differ, [`Error::Empty`]
-/// for empty operands.
-pub fn add<T: DeviceElement + Element>(
-    backend: &CudaBackend,
-    a: &DeviceTensor<T>,
-    b: &DeviceTensor<T>,
-) -> Result<DeviceTensor<T>> {
-    let n = check_same("lm::add", a.shape(), b.shape())?;
-    let mut out = DeviceTensor::<T>::zeros(backend, a.shape())?;
-    let (func, cfg, vec) = map_launch::<T>(backend, "add", n, packs_fit::<T>(n))?;
-    let n_i = n as i32;
-    let mut launch = backend.stream().launch_builder(&func);
-    launch
-        .arg(a.slice())
-        .arg(b.slice())
-        .arg(out.slice_mut())
-        .arg(&n_i)
-        .arg(&vec);
-    // SAFETY: dl_lm_add_T(const T* a, const T* b, T* out, i32 n, i32 vec) runs
-    // one thread per pack (vec) or element below n and touches flat indices
-    // below n of a, b and out, which all hold n elements (shapes checked
-    // equal). vec only when n is a whole number of 16-byte packs.
-    unsafe { launch.launch(cfg) }?;
-    Ok(out)
 }
 
 /// `x[r, c] + bias[c]` for `x` `[rows, d]` and `bias` `[d]`, in f32, rounded
@@ -669,24 +625,7 @@ pub fn add_bias<T: DeviceElement + Element>(
     bias: &DeviceTensor<T>,
 ) -> Result<DeviceTensor<T>> {
     let (rows, d) = check_add_bias(x.shape(), bias.shape())?;
-    let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
-    let (func, cfg, vec) = map_launch::<T>(backend, "add_bias", rows * d, packs_fit::<T>(d))?;
-    let (n_i, d_i) = ((rows * d) as i32, d as i32);
-    let mut launch = backend.stream().launch_builder(&func);
-    launch
-        .arg(x.slice())
-        .arg(bias.slice())
-        .arg(out.slice_mut())
-        .arg(&n_i)
-        .arg(&d_i)
-        .arg(&vec);
-    // SAFETY: dl_lm_add_bias_T(const T* x, const T* bias, T* out, i32 n,
-    // i32 d, i32 vec) runs one thread per pack (vec) or element below
-    // n = rows * d, touches flat indices below n of x and out ([rows, d]) and
-    // index i % d < d of bias ([d], checked). vec only when d (hence n) is a
-    // whole number of 16-byte packs, so a pack never straddles two rows.
-    unsafe { launch.launch(cfg) }?;
-    Ok(out)
+    row_map(backend, "dl_lm_add_bias", x, bias, Second::Column, rows, d)
 }
 
 /// Clamps every element to `[-limit, limit]` (OLMoE's `clip_qkv`), like
@@ -701,7 +640,7 @@ pub fn clamp<T: DeviceElement + Element>(
 ) -> Result<DeviceTensor<T>> {
     let n = check_clamp(x.shape(), limit)?;
     let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
-    let (func, cfg, vec) = map_launch::<T>(backend, "clamp", n, packs_fit::<T>(n))?;
+    let (func, cfg, vec) = map_launch::<T>(backend, "dl_lm_clamp", n, packs_fit::<T>(n))?;
     let n_i = n as i32;
     let mut launch = backend.stream().launch_builder(&func);
     launch
@@ -719,7 +658,8 @@ pub fn clamp<T: DeviceElement + Element>(
 }
 
 /// Dense `SiLU(gate) * up`, computed as `g / (1 + exp(-g)) * u` in f32 and
-/// rounded once (the generate example's dense MLP and shared expert).
+/// rounded once (the generate example's dense MLP and shared expert):
+/// [`elementwise::silu_mul`] in [`SiluForm::Quotient`].
 ///
 /// Errors: [`Error::ShapeMismatch`] when the shapes differ, [`Error::Empty`]
 /// for empty operands.
@@ -728,23 +668,7 @@ pub fn silu_mul<T: DeviceElement + Element>(
     gate: &DeviceTensor<T>,
     up: &DeviceTensor<T>,
 ) -> Result<DeviceTensor<T>> {
-    let n = check_same("lm::silu_mul", gate.shape(), up.shape())?;
-    let mut out = DeviceTensor::<T>::zeros(backend, gate.shape())?;
-    let (func, cfg, vec) = map_launch::<T>(backend, "silu_mul", n, packs_fit::<T>(n))?;
-    let n_i = n as i32;
-    let mut launch = backend.stream().launch_builder(&func);
-    launch
-        .arg(gate.slice())
-        .arg(up.slice())
-        .arg(out.slice_mut())
-        .arg(&n_i)
-        .arg(&vec);
-    // SAFETY: dl_lm_silu_mul_T(const T* gate, const T* up, T* out, i32 n,
-    // i32 vec) runs one thread per pack (vec) or element below n and touches
-    // flat indices below n of gate, up and out, which all hold n elements
-    // (shapes checked equal). vec only when n is a whole number of packs.
-    unsafe { launch.launch(cfg) }?;
-    Ok(out)
+    elementwise::silu_mul(backend, gate, up, SiluForm::Quotient)
 }
 
 /// `x[r, :] * sigmoid(gate_logits[r])` for `x` `[rows, d]` and `gate_logits`
@@ -760,22 +684,74 @@ pub fn sigmoid_scale<T: DeviceElement + Element>(
     gate_logits: &DeviceTensor<T>,
 ) -> Result<DeviceTensor<T>> {
     let (rows, d) = check_sigmoid_scale(x.shape(), gate_logits.shape())?;
+    row_map(
+        backend,
+        "dl_lm_sigmoid_scale",
+        x,
+        gate_logits,
+        Second::Row,
+        rows,
+        d,
+    )
+}
+
+/// Which element of the second operand of [`row_map`] flat index `i` of `x`
+/// (`[rows, d]`) pairs with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Second {
+    /// `second[i % d]`: a `[d]` vector broadcast over the rows.
+    Column,
+    /// `second[i / d]`: one value per row.
+    Row,
+}
+
+/// Runs `<kernel>_<T>(const T* x, const T* second, T* out, i32 n, i32 d,
+/// i32 vec)` on `x` (`[rows, d]`, nonempty, checked by the caller) into a new
+/// tensor of `x`'s shape, pairing element `i` with `second` as `pairing` says.
+///
+/// Errors: [`Error::ShapeMismatch`] when `second` holds fewer elements than
+/// `pairing` reads.
+fn row_map<T: DeviceElement + Element>(
+    backend: &CudaBackend,
+    kernel: &str,
+    x: &DeviceTensor<T>,
+    second: &DeviceTensor<T>,
+    pairing: Second,
+    rows: usize,
+    d: usize,
+) -> Result<DeviceTensor<T>> {
+    let need = match pairing {
+        Second::Column => d,
+        Second::Row => rows,
+    };
+    if second.len() < need || x.len() != rows * d {
+        return Err(mismatch(
+            "lm::row_map",
+            format!(
+                "x {:?} is not [{rows}, {d}] or the second operand {:?} holds fewer than {need} elements",
+                x.shape(),
+                second.shape()
+            ),
+        ));
+    }
     let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
-    let (func, cfg, vec) = map_launch::<T>(backend, "sigmoid_scale", rows * d, packs_fit::<T>(d))?;
+    let (func, cfg, vec) = map_launch::<T>(backend, kernel, rows * d, packs_fit::<T>(d))?;
     let (n_i, d_i) = ((rows * d) as i32, d as i32);
     let mut launch = backend.stream().launch_builder(&func);
     launch
         .arg(x.slice())
-        .arg(gate_logits.slice())
+        .arg(second.slice())
         .arg(out.slice_mut())
         .arg(&n_i)
         .arg(&d_i)
         .arg(&vec);
-    // SAFETY: dl_lm_sigmoid_scale_T(const T* x, const T* logits, T* out,
-    // i32 n, i32 d, i32 vec) runs one thread per pack (vec) or element below
-    // n = rows * d, touches flat indices below n of x and out ([rows, d]) and
-    // index i / d < rows of logits (rows elements, checked). vec only when d
-    // is a whole number of 16-byte packs, so a pack lies in one row.
+    // SAFETY: dl_lm_add_bias_T and dl_lm_sigmoid_scale_T(const T* x,
+    // const T* second, T* out, i32 n, i32 d, i32 vec) run one thread per pack
+    // (vec) or element below n = rows * d, touch flat indices below n of x and
+    // out (both [rows, d], checked) and index i % d < d (add_bias: Column) or
+    // i / d < rows (sigmoid_scale: Row) of second, which holds that many
+    // elements (checked). vec only when d is a whole number of 16-byte packs,
+    // so a pack lies in one row.
     unsafe { launch.launch(cfg) }?;
     Ok(out)
 }
