@@ -1,0 +1,2 @@
+//! The emulator's throughput (written with the interpreter).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The CUDA driver API entry points of the `libcuda.so` shim.
