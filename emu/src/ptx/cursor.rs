@@ -72,6 +72,15 @@ impl Cursor {
         hit
     }
 
+    /// Takes the word `w` if it is next.
+    pub fn eat_word(&mut self, w: &str) -> bool {
+        let hit = matches!(&self.peek().tok, Tok::Word(x) if x == w);
+        if hit {
+            self.bump();
+        }
+        hit
+    }
+
     /// Takes the punctuation `c`, which must be next (`context` says where).
     pub fn expect_punct(&mut self, c: char, context: &str) -> Result<(), ParseError> {
         if self.eat_punct(c) {

@@ -112,10 +112,10 @@ pub fn parse_module(text: &str) -> Result<Module, ParseError> {
         }
     }
     let Some(version) = version else {
-        return Err(error(cur.line(), "the module has no `.version`"));
+        return Err(error(1, "the module has no `.version`"));
     };
     let Some(target) = target else {
-        return Err(error(cur.line(), "the module has no `.target`"));
+        return Err(error(1, "the module has no `.target`"));
     };
     Ok(Module {
         version,
@@ -196,7 +196,8 @@ pub(crate) enum VarContext {
 }
 
 /// The rest of a variable declaration after its state space:
-/// `[.ptr [.space]] [.align N] [.vN] .type name[dims]... [= init] [;]`.
+/// `[.align N] [.vN] .type [.ptr [.space] [.align N]] name[dims]... [= init] [;]`
+/// (`.ptr` only on parameters).
 pub(crate) fn parse_variable(
     cur: &mut Cursor,
     space: Space,
@@ -220,14 +221,13 @@ pub(crate) fn parse_variable(
                 }
                 align = Some(n);
             }
-            ".ptr" if context == VarContext::Parameter => {
-                if let Tok::Word(w) = &cur.peek().tok {
-                    if matches!(w.as_str(), ".global" | ".shared" | ".const" | ".local") {
-                        cur.bump();
-                    }
-                }
-            }
             ".v2" | ".v4" | ".v8" => vector = word[2..].parse().unwrap_or(1),
+            ".attribute" => {
+                return Err(error(
+                    attr_line,
+                    "variable attributes (`.attribute(...)`, such as `.managed`) are not supported",
+                ))
+            }
             _ => match word.strip_prefix('.') {
                 Some(t) if type_size(t).is_some() && t != "pred" => break t.to_string(),
                 _ => {
@@ -239,6 +239,24 @@ pub(crate) fn parse_variable(
             },
         }
     };
+    if context == VarContext::Parameter && cur.eat_word(".ptr") {
+        if let Tok::Word(w) = &cur.peek().tok {
+            if matches!(w.as_str(), ".global" | ".shared" | ".const" | ".local") {
+                cur.bump();
+            }
+        }
+        if cur.eat_word(".align") {
+            let align_line = cur.line();
+            let n = cur.expect_uint("the alignment after `.align`", u32::MAX.into())? as u32;
+            if !n.is_power_of_two() {
+                return Err(error(
+                    align_line,
+                    &format!("`.align {n}` is not a power of two"),
+                ));
+            }
+            align = Some(n);
+        }
+    }
     let elem = type_size(&ty).unwrap_or(1);
     let name = cur.expect_name("the variable's name")?;
     let mut dims: Option<u64> = None;
