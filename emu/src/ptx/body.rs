@@ -1,7 +1,7 @@
 //! Function bodies: declarations, labels, instructions and their operands,
 //! with inner scopes resolved (see [`super::scope`]).
 
-use super::ast::{Instruction, Operand, RegisterDecl, Statement, Variable};
+use super::ast::{Immediate, Instruction, Operand, RegisterDecl, Statement, Variable};
 use super::cursor::Cursor;
 use super::lex::Tok;
 use super::literal::type_size;
@@ -339,7 +339,7 @@ fn parse_address(cur: &mut Cursor, line: u32) -> Result<Operand, ParseError> {
         };
         let term_line = cur.line();
         let value = match cur.expect_immediate("an integer offset in the address")? {
-            super::ast::Immediate::Int(v) => v,
+            Immediate::Int(v) => v,
             other => {
                 return Err(error(
                     term_line,

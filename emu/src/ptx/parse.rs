@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::ast::{Directives, Function, Module, Space, Variable};
+use super::ast::{Directives, Function, Immediate, Module, Space, Variable};
 use super::body::parse_body;
 use super::cursor::Cursor;
 use super::lex::{tokenize, Tok};
@@ -136,6 +136,7 @@ pub(crate) fn error(line: u32, message: &str) -> ParseError {
 
 /// A module-level declaration.
 enum Declaration {
+    /// A module-scope variable.
     Variable(Variable),
     /// A function; `None` for a prototype (no body).
     Function(Option<Function>),
@@ -329,7 +330,7 @@ const MAX_INIT_DEPTH: usize = 16;
 fn parse_init(
     cur: &mut Cursor,
     ty: &str,
-    out: &mut Vec<super::ast::Immediate>,
+    out: &mut Vec<Immediate>,
     depth: usize,
 ) -> Result<(), ParseError> {
     let line = cur.line();
