@@ -166,16 +166,17 @@ impl Cx<'_> {
                 continue;
             }
             let open = warp.open_group[l];
-            let queue = std::mem::take(&mut warp.copies[l]);
-            let mut keep = Vec::new();
-            for c in queue {
+            let mut i = 0;
+            while i < warp.copies[l].len() {
+                let c = warp.copies[l][i];
                 // Committed groups are numbered below `open`; all but the
                 // `n` most recent complete.
                 let done = all || (c.group < open && open - c.group > n);
                 if !done {
-                    keep.push(c);
+                    i += 1;
                     continue;
                 }
+                warp.copies[l].remove(i);
                 let mut data = [0u8; 16];
                 if c.src_size > 0 {
                     let Some(r) = self.global.region(c.pc as usize, c.src, c.src_size as u64)
@@ -227,7 +228,6 @@ impl Cx<'_> {
                     ));
                 }
             }
-            warp.copies[l] = keep;
         });
         Ok(())
     }

@@ -361,6 +361,7 @@ impl Warp {
         pc: u32,
         act: u32,
     ) -> Result<(), LaunchError> {
+        let profiling = cx.profile.is_some();
         let mut ranges = Vec::new();
         lanes!(act, |l| {
             let d = self.address(dst, l);
@@ -412,7 +413,9 @@ impl Warp {
                 group: self.open_group[l],
                 pc,
             });
-            ranges.push((s, n));
+            if profiling {
+                ranges.push((s, n));
+            }
         });
         if let Some(p) = cx.profile.as_mut() {
             let n = act.count_ones();
