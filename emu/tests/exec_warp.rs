@@ -80,7 +80,7 @@ JOIN:
 "#,
         64,
         |t| {
-            let v = |x: u32| if x % 2 == 0 { x + 1000 } else { x * 3 };
+            let v = |x: u32| if x.is_multiple_of(2) { x + 1000 } else { x * 3 };
             Some(v(t - t % 32) + v(t))
         },
     );
@@ -181,7 +181,7 @@ JOIN:
     add.s32 %r4, %r6, %r7;
 "#,
         32,
-        |t| Some(if t < 16 { 3 + 0 } else { 20 + 31 }),
+        |t| Some(if t < 16 { 3 } else { 20 + 31 }),
     );
 }
 
