@@ -141,6 +141,12 @@ pub struct Program {
     decoded: Vec<decode::DecodedKernel>,
 }
 
+// One program is launched from many threads at once.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Program>();
+};
+
 impl Program {
     /// Parses and decodes PTX text.
     pub fn from_ptx(text: &str) -> Result<Program, LoadError> {
@@ -273,6 +279,9 @@ pub fn launch(
     }
     let threads = config.block.iter().product::<u32>();
     let nwarps = threads.div_ceil(32) as usize;
+    let mut warps: Vec<warp::Warp> = (0..nwarps)
+        .map(|w| warp::Warp::new(k, w, config.block))
+        .collect();
     for lin in order {
         let id = [
             (lin % gx as u64) as u32,
@@ -283,9 +292,9 @@ pub fn launch(
         cx.bar_gen = 0;
         cx.arrivals = [0; 16];
         cx.shared.reset(window);
-        let mut warps: Vec<warp::Warp> = (0..nwarps)
-            .map(|w| warp::Warp::new(k, w, config.block, config.grid, id))
-            .collect();
+        for w in &mut warps {
+            w.start(k, config.block, config.grid, id);
+        }
         cta::run_cta(&mut cx, &mut warps, &mut rng)?;
         if let Some(p) = cx.profile.as_mut() {
             p.ctas += 1;
