@@ -490,3 +490,98 @@ fn trap_and_multidimensional_grids() {
         &["CTA (0, 2, 0)", "thread (0, 0, 1)", "trap"],
     );
 }
+
+#[test]
+fn seeds_shuffle_the_cta_order_reproducibly() {
+    // Each CTA takes a ticket from a global counter: the tickets show the order.
+    let ptx = r#"
+.visible .entry k(.param .u64 pcount, .param .u64 pout)
+{
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<6>;
+    ld.param.u64 %rd1, [pcount];
+    ld.param.u64 %rd2, [pout];
+    atom.global.add.u32 %r1, [%rd1], 1;
+    mov.u32 %r2, %ctaid.x;
+    mul.wide.u32 %rd3, %r2, 4;
+    add.s64 %rd4, %rd2, %rd3;
+    st.global.u32 [%rd4], %r1;
+    ret;
+}
+"#;
+    let gpu = Gpu::default();
+    let order = |seed: Option<u64>| {
+        let (count, out) = (gpu.zeros(1), gpu.zeros(30));
+        gpu.run_with(
+            ptx,
+            "k",
+            [30, 1, 1],
+            [1, 1, 1],
+            0,
+            &[Arg::U64(count), Arg::U64(out)],
+            &seeded(seed),
+        )
+        .unwrap();
+        gpu.read_u32(out, 30)
+    };
+    let fixed = order(None);
+    assert_eq!(fixed, (0..30).collect::<Vec<u32>>());
+    let a = order(Some(7));
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, fixed, "a permutation");
+    assert_ne!(a, fixed);
+    assert_eq!(order(Some(7)), a, "the same seed, the same order");
+}
+
+#[test]
+fn bar_arrive_lets_producers_pass() {
+    // Warp 1 produces and signals with bar.arrive (it does not wait); warp 0
+    // waits at bar.sync 1, 64 and then reads what warp 1 wrote.
+    let ptx = r#"
+.visible .entry k(.param .u64 pout)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<6>;
+    .reg .b64 %rd<4>;
+    .shared .align 4 .b32 buf[32];
+    ld.param.u64 %rd1, [pout];
+    mov.u32 %r1, %tid.x;
+    and.b32 %r2, %r1, 31;
+    shl.b32 %r3, %r2, 2;
+    mov.u32 %r4, buf;
+    add.s32 %r4, %r4, %r3;
+    setp.lt.u32 %p1, %r1, 32;
+    @%p1 bra CONSUMER;
+    mul.lo.s32 %r5, %r2, 9;
+    st.shared.u32 [%r4], %r5;
+    bar.arrive 1, 64;
+    ret;
+CONSUMER:
+    bar.sync 1, 64;
+    ld.shared.u32 %r5, [%r4];
+    mul.wide.u32 %rd2, %r2, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r5;
+    ret;
+}
+"#;
+    for seed in SEEDS {
+        let gpu = Gpu::default();
+        let out = gpu.zeros(32);
+        gpu.run_with(
+            ptx,
+            "k",
+            [1, 1, 1],
+            [64, 1, 1],
+            0,
+            &[Arg::U64(out)],
+            &seeded(seed),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            gpu.read_u32(out, 32),
+            (0..32).map(|l| l * 9).collect::<Vec<u32>>()
+        );
+    }
+}
