@@ -255,6 +255,48 @@ impl SplitMix {
     }
 }
 
+/// The order CTAs run in: `i -> (a * i + b) mod n` with `a` coprime to
+/// `n` (a bijection), `a = 1, b = 0` for the fixed order.
+pub struct CtaOrder {
+    n: u64,
+    a: u64,
+    b: u64,
+}
+
+impl CtaOrder {
+    /// CTAs in linear order.
+    pub fn linear(n: u64) -> Self {
+        CtaOrder { n, a: 1, b: 0 }
+    }
+
+    /// A pseudo-random order of `n` CTAs drawn from `rng`.
+    pub fn shuffled(n: u64, rng: &mut SplitMix) -> Self {
+        if n < 2 {
+            return Self::linear(n);
+        }
+        let gcd = |mut x: u64, mut y: u64| {
+            while y != 0 {
+                (x, y) = (y, x % y);
+            }
+            x
+        };
+        let mut a = 1 + rng.next_u64() % (n - 1);
+        while gcd(a, n) != 1 {
+            a = 1 + rng.next_u64() % (n - 1);
+        }
+        CtaOrder {
+            n,
+            a,
+            b: rng.next_u64() % n,
+        }
+    }
+
+    /// The linear index of the `i`-th CTA to run.
+    pub fn at(&self, i: u64) -> u64 {
+        ((self.a as u128 * i as u128 + self.b as u128) % self.n as u128) as u64
+    }
+}
+
 /// Runs one CTA to completion.
 pub fn run_cta(
     cx: &mut Cx,

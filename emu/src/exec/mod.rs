@@ -272,17 +272,16 @@ pub fn launch(
     };
     let [gx, gy, gz] = config.grid;
     let ctas = gx as u64 * gy as u64 * gz as u64;
-    let mut order: Vec<u64> = (0..ctas).collect();
     let mut rng = settings.seed.map(cta::SplitMix);
-    if let Some(r) = rng.as_mut() {
-        r.shuffle(&mut order);
-    }
+    let order = rng.as_mut().map_or(cta::CtaOrder::linear(ctas), |r| {
+        cta::CtaOrder::shuffled(ctas, r)
+    });
     let threads = config.block.iter().product::<u32>();
     let nwarps = threads.div_ceil(32) as usize;
     let mut warps: Vec<warp::Warp> = (0..nwarps)
         .map(|w| warp::Warp::new(k, w, config.block))
         .collect();
-    for lin in order {
+    for lin in (0..ctas).map(|i| order.at(i)) {
         let id = [
             (lin % gx as u64) as u32,
             ((lin / gx as u64) % gy as u64) as u32,
