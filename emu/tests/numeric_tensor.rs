@@ -343,3 +343,49 @@ fn ldmatrix_feeds_mma_fragments() {
         }
     }
 }
+
+/// The ISA leaves the order of the sum open; the emulator's is k = 0..16,
+/// each step one correctly rounded `fma` in f32, then `+ c`. Random operands
+/// (with bf16 exponents far enough apart that some products underflow or
+/// overflow f32) against that order written with `f32::mul_add`.
+#[test]
+fn random_operands_sum_in_order_like_fma() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as u32
+    };
+    for round in 0..200 {
+        let ty = TYPES[round % 2];
+        let spread = if round % 4 < 2 { 4 } else { 90 };
+        let mut value = || {
+            let r = next();
+            let mantissa = 1.0 + (r & 0xff) as f32 / 256.0;
+            let sign = if r & 0x100 != 0 { -1.0 } else { 1.0 };
+            let exp = ((r >> 9) % (2 * spread + 1)) as i32 - spread as i32;
+            let x = sign * mantissa * 2f32.powi(exp);
+            match ty {
+                MmaType::F16 => f16::from_f32(x).to_f32(),
+                MmaType::Bf16 => bf16::from_f32(x).to_f32(),
+            }
+        };
+        let a: A = std::array::from_fn(|_| std::array::from_fn(|_| value()));
+        let b: B = std::array::from_fn(|_| std::array::from_fn(|_| value()));
+        let c: C = std::array::from_fn(|_| std::array::from_fn(|_| value()));
+        let d = run(ty, &a, &b, &c);
+        for m in 0..16 {
+            for n in 0..8 {
+                let dot = (0..16).fold(-0.0f32, |acc, k| a[m][k].mul_add(b[k][n], acc));
+                let want = dot + c[m][n];
+                let ok = d[m][n].to_bits() == want.to_bits() || (d[m][n].is_nan() && want.is_nan());
+                assert!(
+                    ok,
+                    "{ty:?} round {round} d[{m}][{n}] = {} want {want}",
+                    d[m][n]
+                );
+            }
+        }
+    }
+}

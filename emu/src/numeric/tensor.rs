@@ -70,20 +70,53 @@ pub fn mma_m16n8k16(
             cm[group + 8 * (i >> 1)][2 * tig + (i & 1)] = v;
         }
     }
+    let dots = dot_products(&am, &bm);
     let rn = F32Mods::default();
     let mut d = [[0u32; 4]; 32];
     for (lane, out) in d.iter_mut().enumerate() {
         let (group, tig) = (lane >> 2, lane % 4);
         for (i, slot) in out.iter_mut().enumerate() {
             let (row, col) = (group + 8 * (i >> 1), 2 * tig + (i & 1));
-            // -0.0 is the additive identity under round-to-nearest.
-            let dot = (0..16).fold(0x8000_0000, |acc, k| {
-                f32_fma(am[row][k], bm[k][col], acc, rn)
-            });
-            *slot = f32_binary(F32Op::Add, dot, cm[row][col], rn);
+            *slot = f32_binary(F32Op::Add, dots[row][col], cm[row][col], rn);
         }
     }
     d
+}
+
+/// `dot[row][col]` = the sum over k in order 0..16 of `a[row][k] * b[k][col]`
+/// (f32 bits), each step rounded once to nearest, starting from -0.0 (the
+/// additive identity under round-to-nearest).
+///
+/// A product of two f16 or bf16 values has at most 22 significant bits, so
+/// in f32 it is exact unless it leaves the normal range; while every
+/// product of a row is exact, `acc + a * b` in host f32 arithmetic is the
+/// correctly rounded `fma`, and the row is computed that way (vectorised
+/// across the 8 columns). A row with an inexact product (f32 underflow or
+/// overflow, or a NaN) is recomputed with the exact `fma`.
+fn dot_products(a: &[[u32; 16]; 16], b: &[[u32; 8]; 16]) -> [[u32; 8]; 16] {
+    let bf: [[f32; 8]; 16] = b.map(|row| row.map(f32::from_bits));
+    let rn = F32Mods::default();
+    let mut out = [[0u32; 8]; 16];
+    for (row, out_row) in a.iter().zip(out.iter_mut()) {
+        let mut acc = [-0.0f32; 8];
+        let mut exact = true;
+        for (k, &bits) in row.iter().enumerate() {
+            let x = f32::from_bits(bits);
+            for (acc, &y) in acc.iter_mut().zip(bf[k].iter()) {
+                let p = x * y;
+                exact &= p.is_normal() || (p == 0.0 && (x == 0.0 || y == 0.0));
+                *acc += p;
+            }
+        }
+        *out_row = if exact {
+            acc.map(f32::to_bits)
+        } else {
+            std::array::from_fn(|col| {
+                (0..16).fold(0x8000_0000, |acc, k| f32_fma(row[k], b[k][col], acc, rn))
+            })
+        };
+    }
+    out
 }
 
 /// `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16` for a whole
