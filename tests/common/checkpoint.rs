@@ -226,7 +226,14 @@ pub fn fuse_experts(t: &Tensors, family: &str, d: &Dims) -> Tensors {
 
 /// A fresh empty folder under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dropless-generate-{tag}-{}", std::process::id()));
+    // Tests of one binary run in parallel threads of one process: a counter
+    // keeps two calls with the same tag from sharing (and deleting) a folder.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "dropless-generate-{tag}-{}-{n}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
