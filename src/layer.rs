@@ -29,7 +29,7 @@ use ndarray::{Array2, ArrayD, ArrayView2};
 use crate::cuda::moe::{
     backward, forward_train, DeviceMoeGradients, DeviceMoeOutput, DeviceMoeSaved, DeviceMoeWeights,
 };
-use crate::cuda::{CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
+use crate::cuda::{check_block_size, CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::reference::backward::backward as cpu_backward;
@@ -54,6 +54,18 @@ impl Backend {
             Ok(b) => (Backend::Cuda(Arc::new(b)), None),
             Err(e) => (Backend::Cpu, Some(e)),
         }
+    }
+
+    /// Checks that this backend can run a layer of `config`: on CUDA its
+    /// block size must be one the kernels implement
+    /// ([`crate::cuda::CUDA_BLOCK_SIZES`], else
+    /// [`Error::UnsupportedBlockSize`] naming them), and on both the config
+    /// must validate ([`MoeConfig::validate`]). Reads nothing from the device.
+    pub fn check_config(&self, config: &MoeConfig) -> Result<()> {
+        if let Backend::Cuda(_) = self {
+            check_block_size(config.block_size)?;
+        }
+        config.validate()
     }
 
     /// A short name: `cpu` or `cuda`.
@@ -224,7 +236,14 @@ fn host1<T>(v: Vec<T>) -> Tensor<T> {
 
 impl<T: LayerElement> DroplessMoe<T> {
     /// A layer with `weights` on `backend` (uploaded once for CUDA).
+    ///
+    /// Everything a backend cannot run is refused here, before any upload:
+    /// on CUDA a block size other than [`crate::cuda::CUDA_BLOCK_SIZES`]
+    /// ([`Error::UnsupportedBlockSize`]) and an element type the kernels do
+    /// not take ([`Error::DTypeMismatch`]); on both, a config that does not
+    /// validate and weights that do not fit it.
     pub fn new(config: MoeConfig, weights: MoeWeights<T>, backend: Backend) -> Result<Self> {
+        backend.check_config(&config)?;
         weights.check(&config)?;
         let weights = match &backend {
             Backend::Cpu => Weights::Host(weights),

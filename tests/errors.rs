@@ -463,3 +463,31 @@ fn ffn_not_a_multiple_of_the_block_size_is_an_invalid_config() {
     let err = cfg.validate().unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 }
+
+#[test]
+fn block_sizes_the_gpu_kernels_lack_are_refused_up_front() {
+    // The check every CUDA entry point (DroplessMoe::new on a CUDA backend,
+    // the device weights' upload, padded bins, topologies, the sparse
+    // products) runs first; it needs no device.
+    use dropless::cuda::{check_block_size, max_padded_tokens, CUDA_BLOCK_SIZES};
+    use dropless::layer::Backend;
+    assert_eq!(CUDA_BLOCK_SIZES, &[128]);
+    check_block_size(128).unwrap();
+    for block_size in [0, 16, 64, 256] {
+        let err = check_block_size(block_size).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnsupportedBlockSize { block_size: b, supported: &[128], .. } if b == block_size
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("use one of [128]"), "{err}");
+        let err = max_padded_tokens(4, 2, 8, block_size).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedBlockSize { .. }), "{err}");
+    }
+    // The CPU reference takes block size 16; the check is the CUDA one.
+    let cfg = config();
+    assert_eq!(cfg.block_size, 16);
+    Backend::Cpu.check_config(&cfg).unwrap();
+}

@@ -143,3 +143,40 @@ fn gpu_layer_matches_cpu_layer_f16() {
         run::<f16>(config, tokens);
     }
 }
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn gpu_layer_refuses_block_sizes_the_kernels_lack() {
+    let Backend::Cuda(device) = Backend::auto().0 else {
+        panic!("a CUDA device with the kernels built is required");
+    };
+    let config = MoeConfig {
+        hidden: 64,
+        ffn: 128,
+        num_experts: 4,
+        top_k: 2,
+        mlp: MlpKind::Glu,
+        renormalize: true,
+        block_size: 64,
+    };
+    let weights = MoeWeights::<bf16>::random(&config, 1).unwrap();
+    let backend = Backend::Cuda(device);
+    let err = backend.check_config(&config).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dropless::Error::UnsupportedBlockSize { block_size: 64, .. }
+        ),
+        "{err}"
+    );
+    let err = DroplessMoe::new(config, weights, backend)
+        .err()
+        .expect("block size 64 must be refused on CUDA");
+    assert!(
+        matches!(
+            err,
+            dropless::Error::UnsupportedBlockSize { block_size: 64, .. }
+        ),
+        "{err}"
+    );
+}

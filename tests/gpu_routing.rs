@@ -653,3 +653,131 @@ fn bad_shapes_are_rejected_before_launch() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn out_of_range_ids_contribute_nothing() {
+    // Ids uploaded from the host may lie outside 0..experts (the device
+    // router never writes such ids; the reference rejects them with
+    // ExpertOutOfRange). On the device they are not counted, sort past the
+    // last bin, and the scatter and the weight gradient skip them: the
+    // result is the reference's for the same batch with those slots given
+    // weight 0, and their weight gradient is 0. (Before positions started at
+    // -1, such a slot read padded row 0, expert 0's first token.)
+    let b = backend();
+    let (tokens, experts, k, hidden) = (37usize, 4usize, 2usize, 64usize);
+    let mut ids = Array2::from_shape_fn((tokens, k), |(t, j)| ((t + j) % experts) as i32);
+    let invalid = [(0, 1, -1), (5, 0, 4), (17, 1, i32::MAX), (36, 0, i32::MIN)];
+    for &(t, j, id) in &invalid {
+        ids[[t, j]] = id;
+    }
+    let is_invalid = |t: usize, j: usize| invalid.iter().any(|&(it, ij, _)| (it, ij) == (t, j));
+    let mut rng = StdRng::seed_from_u64(31);
+    let x: Array2<f32> = matrix(&mut rng, tokens, hidden);
+    let g: Array2<f32> = matrix(&mut rng, tokens, hidden);
+    let w = Array2::from_shape_simple_fn((tokens, k), || rng.gen_range(0.1f32..=1.0));
+
+    // The reference batch: each invalid slot takes the valid expert that its
+    // token's other slot does not hold, with weight 0.
+    let mut ref_ids = ids.clone();
+    let mut ref_w = w.clone();
+    for &(t, j, _) in &invalid {
+        let other = ids[[t, 1 - j]];
+        ref_ids[[t, j]] = (0..experts as i32).find(|&e| e != other).unwrap();
+        ref_w[[t, j]] = 0.0;
+    }
+    let (r_idx, r_bins, r_pad, _) = reference_layout(ref_ids.view(), experts);
+    let r_gathered =
+        rp::padded_gather(x.view(), r_idx.view(), r_bins.view(), r_pad.view(), None, k).unwrap();
+    let want_out = rp::padded_scatter(
+        r_gathered.view(),
+        r_idx.view(),
+        r_bins.view(),
+        r_pad.view(),
+        Some(ref_w.view()),
+        k,
+    )
+    .unwrap();
+    let want_dw = rp::padded_scatter_weight_grad(
+        g.view(),
+        r_gathered.view(),
+        r_idx.view(),
+        r_bins.view(),
+        r_pad.view(),
+        k,
+    )
+    .unwrap();
+
+    let d_ids = upload2(ids.view());
+    let counts = histogram(b, &d_ids, experts).unwrap();
+    let valid: Vec<i32> = (0..experts as i32)
+        .map(|e| ids.iter().filter(|&&id| id == e).count() as i32)
+        .collect();
+    assert_eq!(
+        counts.to_host(b).unwrap(),
+        valid,
+        "invalid ids are not counted"
+    );
+    let (indices, bin_ids) = sort_by_expert(b, &d_ids, experts).unwrap();
+    let bin_ids = bin_ids.to_host(b).unwrap();
+    assert!(bin_ids[tokens * k - invalid.len()..]
+        .iter()
+        .all(|&e| e == -1));
+    let bins = dropless::cuda::permute::inclusive_cumsum(b, &counts).unwrap();
+    let padded = dropless::cuda::permute::padded_bins(b, &counts, BLOCK).unwrap();
+    let gathered = dropless::cuda::permute::padded_gather(
+        b,
+        &upload2(x.view()),
+        &indices,
+        &bins,
+        &padded,
+        None,
+        k,
+    )
+    .unwrap();
+    let d_w = upload2(w.view());
+    let mut out = filled(&[tokens, hidden], f32::NAN);
+    padded_scatter_into(
+        b,
+        &gathered,
+        &indices,
+        &bins,
+        &padded,
+        Some(&d_w),
+        k,
+        &mut out,
+    )
+    .unwrap();
+    assert_close(
+        &out.to_host(b).unwrap(),
+        want_out.as_slice().unwrap(),
+        f32::DTYPE.rel_tolerance(),
+        "scatter with out-of-range ids",
+    );
+    let mut dw = filled(&[tokens, k], f32::NAN);
+    padded_scatter_weight_grad_into(
+        b,
+        &upload2(g.view()),
+        &gathered,
+        &indices,
+        &bins,
+        &padded,
+        k,
+        &mut dw,
+    )
+    .unwrap();
+    let dw = dw.to_array2(b).unwrap();
+    for t in 0..tokens {
+        for j in 0..k {
+            if is_invalid(t, j) {
+                assert_eq!(dw[[t, j]], 0.0, "dw[{t}, {j}] of an out-of-range id");
+            } else {
+                let (gv, wv) = (dw[[t, j]], want_dw[[t, j]]);
+                assert!(
+                    (gv - wv).abs() <= 1e-4 * (wv.abs() + 1.0),
+                    "dw[{t}, {j}]: {gv} vs {wv}"
+                );
+            }
+        }
+    }
+}

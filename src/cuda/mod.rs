@@ -29,4 +29,4 @@ pub use kernels::{KernelModule, KERNELS_BUILT};
 pub use sparse::{DeviceBlockSparse, DeviceSparseView};
 pub use sparse_ops::{dds, dds_into, dsd, dsd_into, sdd, sdd_into};
 pub use tensor::{DeviceElement, DeviceTensor};
-pub use topology::{max_padded_tokens, DeviceTopology, CUDA_BLOCK_SIZES};
+pub use topology::{check_block_size, max_padded_tokens, DeviceTopology, CUDA_BLOCK_SIZES};

@@ -29,7 +29,7 @@ use super::router_grad::{load_balancing_loss, route_backward, router_z_loss};
 use super::routing::{route, DeviceRouting};
 use super::sparse_ops::{dsd, sdd, MmaElement};
 use super::topology_build::topology;
-use super::{CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
+use super::{check_block_size, CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
 use crate::error::{Error, Result};
 use crate::reference::moe::{MlpKind, MoeConfig, MoeWeights};
 use crate::reference::router_grad::AuxLossCoefficients;
@@ -48,12 +48,15 @@ pub struct DeviceMoeWeights<T> {
 }
 
 impl<T: MmaElement + GemmElement> DeviceMoeWeights<T> {
-    /// Uploads host weights after checking them against `config`.
+    /// Uploads host weights after checking `config` against the kernels
+    /// (its block size first: [`Error::UnsupportedBlockSize`]) and the
+    /// weights against `config`.
     pub fn from_host(
         backend: &CudaBackend,
         config: &MoeConfig,
         weights: &MoeWeights<T>,
     ) -> Result<Self> {
+        check_block_size(config.block_size)?;
         weights.check(config)?;
         let up = |m: &ndarray::Array2<T>| DeviceTensor::from_array(backend, m.view());
         Ok(DeviceMoeWeights {
@@ -122,7 +125,7 @@ fn check_forward<T: MmaElement + GemmElement>(
 ) -> Result<usize> {
     const OP: &str = "cuda::moe::forward";
     config.validate()?;
-    super::topology::check_block_size(config.block_size)?;
+    check_block_size(config.block_size)?;
     let rows = config.num_experts * config.ffn;
     let want = |name: &str, t: &DeviceTensor<T>, shape: [usize; 2]| {
         if t.shape() == shape {
