@@ -13,8 +13,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::layer::{Backend, DroplessMoe, LayerElement};
-use dropless::reference::moe::{MlpKind, MoeConfig, MoeWeights};
 use dropless::DType;
 use half::{bf16, f16};
 use ndarray::Array2;
@@ -113,7 +113,7 @@ fn run<T: LayerElement>(args: &Args, backend: Backend) -> Result<(), String> {
         T::from_f32((((t * 31 + h * 17) % 101) as f32 / 50.0 - 1.0) * 0.5)
     });
     let device = backend.clone();
-    let mut layer = DroplessMoe::new(*config, weights, backend).map_err(|e| e.to_string())?;
+    let layer = DroplessMoe::new(*config, weights, backend).map_err(|e| e.to_string())?;
     let x = layer.upload(x.view()).map_err(|e| e.to_string())?;
     let mut out = layer.forward(&x).map_err(|e| e.to_string())?;
     let seconds = match &device {

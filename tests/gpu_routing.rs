@@ -56,16 +56,27 @@ fn logits(rng: &mut StdRng, tokens: usize, experts: usize, discrete: bool) -> Ar
     })
 }
 
-/// Expert ids `[tokens, top_k]` drawn from a random subset of the experts,
-/// so some experts get no tokens (repeats within a token allowed).
+/// Expert ids `[tokens, top_k]` drawn from a random subset of at least
+/// `top_k` experts, so some experts get no tokens; distinct within each
+/// token, as a router's top-k.
 fn expert_ids(rng: &mut StdRng, tokens: usize, top_k: usize, experts: usize) -> Array2<i32> {
-    let active: Vec<i32> = (0..experts as i32).filter(|_| rng.gen_bool(0.7)).collect();
-    let active = if active.is_empty() {
-        vec![rng.gen_range(0..experts as i32)]
-    } else {
-        active
-    };
-    Array2::from_shape_simple_fn((tokens, top_k), || active[rng.gen_range(0..active.len())])
+    let mut active: Vec<i32> = (0..experts as i32).filter(|_| rng.gen_bool(0.7)).collect();
+    for e in 0..experts as i32 {
+        if active.len() >= top_k {
+            break;
+        }
+        if !active.contains(&e) {
+            active.push(e);
+        }
+    }
+    let mut ids = Array2::zeros((tokens, top_k));
+    for mut row in ids.rows_mut() {
+        let chosen = rand::seq::index::sample(rng, active.len(), top_k);
+        for (slot, i) in row.iter_mut().zip(chosen.iter()) {
+            *slot = active[i];
+        }
+    }
+    ids
 }
 
 /// Asserts `|got - want| <= tol * (|want| + scale)` elementwise, `scale` the
@@ -452,14 +463,16 @@ fn route_flags_the_first_non_finite_logit() {
     let weights = got.weights.to_array2(backend()).unwrap();
     assert!(ids.iter().all(|&e| (0..experts as i32).contains(&e)));
     let mut clean = x.clone();
-    for bad in [7, 30, 41] {
+    for bad in [7, 41] {
         clean.row_mut(bad).fill(0.0);
         assert!(weights.row(bad).iter().all(|w| w.is_nan()));
     }
+    // Token 30's -inf only masks expert 0: it routes like the reference.
     let want = rr::route(clean.view(), k, true).unwrap();
-    for t in (0..tokens).filter(|t| ![7, 30, 41].contains(t)) {
+    for t in (0..tokens).filter(|t| ![7, 41].contains(t)) {
         assert_eq!(ids.row(t), want.expert_ids.row(t), "token {t}");
     }
+    assert!(ids.row(30).iter().all(|&e| e != 0));
 
     // A single NaN, and a clean batch afterwards on the same outputs.
     let mut x = logits(&mut rng, 3, 8, true);
@@ -779,5 +792,83 @@ fn out_of_range_ids_contribute_nothing() {
                 );
             }
         }
+    }
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn route_masks_minus_inf_and_flags_too_few_experts() {
+    // -inf masks an expert on the device as in the reference: probability 0,
+    // never chosen (also against an expert whose finite logit underflows to
+    // probability 0), and a token with fewer than k routable experts is
+    // flagged as the reference's TooFewExperts.
+    let mut rng = StdRng::seed_from_u64(8);
+    for (tokens, experts, k) in [(60, 8, 2), (33, 64, 4), (5, 300, 8)] {
+        let mut x = logits(&mut rng, tokens, experts, true);
+        for t in 0..tokens {
+            for e in 0..experts {
+                if (t * 7 + e * 3) % 4 == 0 && e >= k {
+                    x[[t, e]] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        // Token 0: expert 0 masked, expert 1 far below the rest (probability
+        // 0 in f32) yet routable, the rest masked but k - 1 experts.
+        x.row_mut(0).fill(f32::NEG_INFINITY);
+        x[[0, 1]] = -200.0;
+        for e in 2..=k {
+            x[[0, e]] = 1.0;
+        }
+        for renormalize in [false, true] {
+            check_route_logits(&x, k, renormalize);
+            let ids = route_poisoned(&x, k, renormalize)
+                .expert_ids
+                .to_array2(backend())
+                .unwrap();
+            let mut row0: Vec<i32> = ids.row(0).to_vec();
+            row0.sort_unstable();
+            assert_eq!(row0, (1..=k as i32).collect::<Vec<_>>());
+        }
+        // Token 3 keeps k - 1 routable experts; the last token holds a NaN.
+        x.row_mut(3).fill(f32::NEG_INFINITY);
+        for e in 0..k - 1 {
+            x[[3, e]] = 0.5;
+        }
+        x[[tokens - 1, 1]] = f32::NAN;
+        let want = rr::route(x.view(), k, false).unwrap_err();
+        assert_eq!(
+            want,
+            Error::TooFewExperts {
+                token: 3,
+                routable: k - 1,
+                needed: k
+            }
+        );
+        let got = route_poisoned(&x, k, false);
+        assert_eq!(got.check_finite(backend()).unwrap_err(), want);
+        let weights = got.weights.to_array2(backend()).unwrap();
+        assert!(weights.row(3).iter().all(|w| w.is_nan()));
+    }
+}
+
+/// The device router on `x` (which may hold -inf masks) against the
+/// reference: exact ids (discrete logits), probabilities and weights to f32
+/// tolerance.
+fn check_route_logits(x: &Array2<f32>, top_k: usize, renormalize: bool) {
+    let want = rr::route(x.view(), top_k, renormalize).unwrap();
+    let got = route_poisoned(x, top_k, renormalize);
+    got.check_finite(backend()).unwrap();
+    let tol = f32::DTYPE.rel_tolerance();
+    let probs = got.probs.to_array2(backend()).unwrap();
+    for (g, w) in probs.iter().zip(&want.probs) {
+        assert!((g - w).abs() <= tol * w + 1e-9, "probs: {g} vs {w}");
+    }
+    assert_eq!(
+        got.expert_ids.to_array2(backend()).unwrap(),
+        want.expert_ids
+    );
+    let weights = got.weights.to_array2(backend()).unwrap();
+    for (g, w) in weights.iter().zip(&want.weights) {
+        assert!((g - w).abs() <= tol * w + 1e-9, "weights: {g} vs {w}");
     }
 }

@@ -30,9 +30,8 @@ use super::routing::{route, DeviceRouting};
 use super::sparse_ops::{dsd, sdd, MmaElement};
 use super::topology_build::topology;
 use super::{check_block_size, CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
+use crate::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use crate::error::{Error, Result};
-use crate::reference::moe::{MlpKind, MoeConfig, MoeWeights};
-use crate::reference::router_grad::AuxLossCoefficients;
 
 /// The weights of a dMoE layer on the device (same layout as [`MoeWeights`]).
 #[derive(Debug)]
@@ -49,8 +48,10 @@ pub struct DeviceMoeWeights<T> {
 
 impl<T: MmaElement + GemmElement> DeviceMoeWeights<T> {
     /// Uploads host weights after checking `config` against the kernels
-    /// (its block size first: [`Error::UnsupportedBlockSize`]) and the
-    /// weights against `config`.
+    /// (its block size first: [`Error::UnsupportedBlockSize`]), the weights
+    /// against `config`, and that every weight is finite
+    /// ([`MoeWeights::check_finite`]: [`Error::NonFinite`] naming the
+    /// tensor, row and column).
     pub fn from_host(
         backend: &CudaBackend,
         config: &MoeConfig,
@@ -58,6 +59,7 @@ impl<T: MmaElement + GemmElement> DeviceMoeWeights<T> {
     ) -> Result<Self> {
         check_block_size(config.block_size)?;
         weights.check(config)?;
+        weights.check_finite()?;
         let up = |m: &ndarray::Array2<T>| DeviceTensor::from_array(backend, m.view());
         Ok(DeviceMoeWeights {
             router: up(&weights.router)?,
