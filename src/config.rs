@@ -7,7 +7,7 @@
 use ndarray::Array2;
 
 use crate::checks::{check_all_finite, check_nonempty, check_top_k};
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::error::{check_i32, product, Error, Result};
 use crate::topology::CPU_BLOCK_SIZES;
 
@@ -40,6 +40,52 @@ pub struct MoeConfig {
 }
 
 impl MoeConfig {
+    /// Bytes of the layer's weights in `dtype` (router, W1, W3 for GLU, W2).
+    pub fn weight_bytes(&self, dtype: DType) -> u128 {
+        let mats: u128 = match self.mlp {
+            MlpKind::Plain => 2,
+            MlpKind::Glu => 3,
+        };
+        let values = product(&[self.num_experts, self.hidden])
+            + mats * product(&[self.num_experts, self.ffn, self.hidden]);
+        values * dtype.size_in_bytes() as u128
+    }
+
+    /// An upper estimate of the bytes a training forward of `tokens` tokens
+    /// holds at its peak besides the weights, on either backend: the input,
+    /// its saved copy and the output (`[tokens, hidden]` each), the f32
+    /// router logits and probabilities, the routing, and for the padded
+    /// layout's bound `P = tokens * top_k + num_experts * (block_size - 1)`
+    /// rows the gathered input and the expert output (`[P, hidden]`) and the
+    /// expert MLP's pre-activations and activations on the blocks (`[P, ffn]`
+    /// each: two for GLU and one for the plain MLP, plus the activations).
+    /// From shapes alone, to refuse a run before allocating it; it is
+    /// affine in `tokens`.
+    pub fn forward_activation_bytes(&self, tokens: usize, dtype: DType) -> u128 {
+        let s = dtype.size_in_bytes() as u128;
+        let block_maps: u128 = match self.mlp {
+            MlpKind::Plain => 2,
+            MlpKind::Glu => 3,
+        };
+        let padded = product(&[tokens, self.top_k])
+            + product(&[self.num_experts, self.block_size.saturating_sub(1)]);
+        let token_bytes = 3 * product(&[tokens, self.hidden]) * s
+            + 2 * product(&[tokens, self.num_experts]) * 4
+            + 2 * product(&[tokens, self.top_k]) * 4;
+        let padded_bytes = padded * (2 * self.hidden as u128 + block_maps * self.ffn as u128) * s;
+        token_bytes + padded_bytes
+    }
+
+    /// The most tokens whose training forward fits in `bytes` with the
+    /// weights ([`MoeConfig::weight_bytes`] plus
+    /// [`MoeConfig::forward_activation_bytes`]); 0 when not even one does.
+    pub fn max_forward_tokens(&self, bytes: u64, dtype: DType) -> u128 {
+        // The need is affine in the tokens: solve need(t) <= bytes.
+        let need = |t: usize| self.weight_bytes(dtype) + self.forward_activation_bytes(t, dtype);
+        let (fixed, per_token) = (need(0), need(1) - need(0));
+        u128::from(bytes).saturating_sub(fixed) / per_token.max(1)
+    }
+
     /// Checks that the configuration can run: non-zero sizes, `ffn` a multiple
     /// of a supported block size, `1 <= top_k <= num_experts`, and weights
     /// that fit the kernels' i32 indexing.

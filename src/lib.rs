@@ -20,6 +20,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod layer;
+pub mod memory;
 pub mod reference;
 pub mod sparse;
 pub mod topology;

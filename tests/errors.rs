@@ -694,3 +694,60 @@ fn block_sizes_the_gpu_kernels_lack_are_refused_up_front() {
     assert_eq!(cfg.block_size, 16);
     Backend::Cpu.check_config(&cfg).unwrap();
 }
+
+#[test]
+fn layer_memory_is_estimated_before_allocating() {
+    use dropless::memory::check_fits;
+    use dropless::DType;
+    // The dmoe example's default layer.
+    let cfg = MoeConfig {
+        hidden: 512,
+        ffn: 1024,
+        num_experts: 8,
+        top_k: 2,
+        mlp: MlpKind::Glu,
+        renormalize: true,
+        block_size: 128,
+    };
+    assert_eq!(
+        cfg.weight_bytes(DType::F32),
+        (8 * 512 + 3 * 8 * 1024 * 512) * 4
+    );
+    assert_eq!(
+        cfg.weight_bytes(DType::BF16),
+        (8 * 512 + 3 * 8 * 1024 * 512) * 2
+    );
+    // 100 tokens: x, its saved copy and the output; f32 logits and probs;
+    // ids and weights; the padded bound 100 * 2 + 8 * 127 = 1216 rows of the
+    // gathered input and expert output (hidden) and of the GLU's two
+    // pre-activations and activations (ffn).
+    let want =
+        3 * 100 * 512 * 4 + 2 * 100 * 8 * 4 + 2 * 100 * 2 * 4 + 1216 * (2 * 512 + 3 * 1024) * 4;
+    assert_eq!(cfg.forward_activation_bytes(100, DType::F32), want);
+    // `dmoe --tokens 100000000` needs terabytes: refused, naming what fits.
+    let need = cfg.weight_bytes(DType::F32) + cfg.forward_activation_bytes(100_000_000, DType::F32);
+    assert!(need > 1 << 40, "{need}");
+    let available = 16u64 << 30;
+    let fits = cfg.max_forward_tokens(available, DType::F32);
+    let at = |t: u128| {
+        cfg.weight_bytes(DType::F32) + cfg.forward_activation_bytes(t as usize, DType::F32)
+    };
+    assert!(at(fits) <= u128::from(available) && at(fits + 1) > u128::from(available));
+    let err = check_fits("a dMoE forward", "host", need, available, || {
+        format!("pass --tokens {fits} or fewer")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::OutOfMemory { memory: "host", available: a, .. } if a == available),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("16.0 GiB") && err.to_string().contains("--tokens"),
+        "{err}"
+    );
+    assert_eq!(
+        cfg.max_forward_tokens(1 << 20, DType::F32),
+        0,
+        "the weights alone need 48 MiB"
+    );
+}

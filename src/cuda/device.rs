@@ -76,6 +76,13 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// `(free, total)` bytes of device memory, from the driver (for sizing a
+    /// run before allocating it).
+    pub fn memory_info(&self) -> Result<(u64, u64)> {
+        let (free, total) = self.ctx.mem_get_info()?;
+        Ok((free as u64, total as u64))
+    }
+
     /// Waits for all work queued on the stream (for tests, benches and reads).
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize()?;
