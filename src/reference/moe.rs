@@ -210,7 +210,9 @@ pub(crate) fn check_input<T: Element>(
 /// Errors: the config's and weights' checks ([`MoeConfig::validate`],
 /// [`MoeWeights::check`]), [`Error::ShapeMismatch`] when `x` is not
 /// `[tokens, hidden]`, [`Error::Empty`] for zero tokens,
-/// [`Error::NonFinite`] for non-finite router logits,
+/// [`Error::NonFinite`] for NaN or `+inf` router logits,
+/// [`Error::TooFewExperts`] for a token with fewer than `top_k` logits above
+/// `-inf`,
 /// [`Error::IndexOverflow`] when a size exceeds i32.
 pub fn forward<T: Element>(
     config: &MoeConfig,
