@@ -1,7 +1,8 @@
 //! CPU bench of the reference dMoE forward, so the CPU path has numbers too.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dropless::reference::moe::{forward, MlpKind, MoeConfig, MoeWeights};
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe::forward;
 use ndarray::Array2;
 
 fn bench_reference_forward(c: &mut Criterion) {

@@ -11,11 +11,10 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use dropless::config::{AuxLossCoefficients, MlpKind, MoeConfig};
 use dropless::cuda::baselines::{capacity_moe, dense_ffn, expert_loop, route_tokens};
 use dropless::cuda::moe::{backward, forward_train, DeviceMoeWeights};
 use dropless::cuda::CudaBackend;
-use dropless::reference::moe::{MlpKind, MoeConfig};
-use dropless::reference::router_grad::AuxLossCoefficients;
 use half::bf16;
 
 struct Model {

@@ -1,9 +1,9 @@
 // Small elementwise kernels the layer needs between the big ones: dtype casts,
-// in-place accumulation (grid-stride loops), and the dense maps shared by the
-// baselines and the language model: GeLU, SiLU(gate) * up and a + b (one
-// thread per element, or per 16-byte pack when the wrapper's `vec` flag says
-// every operand is 16-byte aligned and n a whole number of packs). Math in
-// f32, one rounding per stored value.
+// in-place accumulation and the non-finite scan (grid-stride loops), and the
+// dense maps shared by the baselines and the language model: GeLU,
+// SiLU(gate) * up and a + b (one thread per element, or per 16-byte pack when
+// the wrapper's `vec` flag says every operand is 16-byte aligned and n a
+// whole number of packs). Math in f32, one rounding per stored value.
 #include "common.cuh"
 
 namespace {
@@ -27,6 +27,26 @@ template <typename T>
 __device__ void add_assign_impl(T* __restrict__ acc, const T* __restrict__ x, int32_t n) {
   for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
     acc[i] = dl::from_f32<T>(dl::to_f32(acc[i]) + dl::to_f32(x[i]));
+  }
+}
+
+// The first non-finite element of x[0..n): status[slot] (a zeroed 64-bit word
+// of the caller's status array) ends as the atomicMax, over the non-finite
+// x[i], of key(i) = ((0x7fffffff - i) << 2) | class (class 0 NaN, 1 +inf,
+// 2 -inf): the lowest such i whatever the schedule, and never zero because
+// i < n <= INT32_MAX. Zero means all finite. A thread's indices increase, so
+// its first hit is its largest key: one atomic per thread that finds one.
+template <typename T>
+__device__ void find_nonfinite_impl(const T* __restrict__ x, int32_t n, int32_t slot,
+                                    unsigned long long* __restrict__ status) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i = next_index(i, n)) {
+    const float v = dl::to_f32(x[i]);
+    if (!isfinite(v)) {
+      const unsigned long long cls = isnan(v) ? 0ull : (v > 0.f ? 1ull : 2ull);
+      const unsigned long long flat = 0x7fffffffull - static_cast<unsigned long long>(i);
+      atomicMax(status + slot, (flat << 2) | cls);
+      return;
+    }
   }
 }
 
@@ -100,6 +120,12 @@ __device__ void map(const T* a, const T* b, T* out, int32_t n, int32_t vec, Op o
     add_assign_impl<T>(acc, x, n);                                       \
   }
 
+#define DL_FIND_NONFINITE(T, SUFFIX)                                                  \
+  DL_EXTERN void dl_find_nonfinite_##SUFFIX(const T* x, int32_t n, int32_t slot,       \
+                                            unsigned long long* status) {              \
+    find_nonfinite_impl<T>(x, n, slot, status);                                        \
+  }
+
 #define DL_DENSE(T, SUFFIX)                                                                    \
   DL_EXTERN void dl_dense_gelu_##SUFFIX(const T* x, T* out, int32_t n, int32_t vec) {           \
     map<T>(x, nullptr, out, n, vec, GeluOp{});                                                  \
@@ -121,6 +147,9 @@ DL_CASTS(__nv_bfloat16, bf16)
 DL_ADD_ASSIGN(float, f32)
 DL_ADD_ASSIGN(__half, f16)
 DL_ADD_ASSIGN(__nv_bfloat16, bf16)
+DL_FIND_NONFINITE(float, f32)
+DL_FIND_NONFINITE(__half, f16)
+DL_FIND_NONFINITE(__nv_bfloat16, bf16)
 DL_DENSE(float, f32)
 DL_DENSE(__half, f16)
 DL_DENSE(__nv_bfloat16, bf16)

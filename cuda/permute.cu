@@ -122,7 +122,7 @@ __device__ __forceinline__ void scatter_token(const T* __restrict__ y, int32_t y
     for (int q = 0; q < V; ++q) acc[q] = 0.f;
     for (int32_t j = 0; j < top_k; ++j) {
       const int32_t row = __ldg(&pos[j]);
-      if (row < 0 || row >= y_rows) continue;  // only on inconsistent bins
+      if (row < 0 || row >= y_rows) continue;  // -1: the assignment is in no bin
       const float w = wt != nullptr ? __ldg(&wt[j]) : 1.f;
       const Pack<T, V> p = load_pack<T, V>(y + row * hidden + c);
 #pragma unroll
@@ -289,8 +289,10 @@ DL_EXTERN void __launch_bounds__(kScanThreads)
 // Inverse map: positions[indices[i]] = padded row of sorted entry i, i.e.
 // padded_start(e) + i - bin_start(e) for the expert e whose bin holds i.
 // Grid ceil(n / 256), block 256, dynamic shared memory 2 * E * 4 bytes.
-// Entries of inconsistent bins (i past bins[E-1], out-of-range assignment)
-// are skipped.
+// The caller fills positions with -1 first: entries no bin holds (i past
+// bins[E-1], i.e. out-of-range expert ids, which sort last) and out-of-range
+// assignments are skipped, so their positions stay -1 and the scatter and
+// the weight gradient below skip them.
 DL_EXTERN void __launch_bounds__(256)
     dl_padded_positions(const int32_t* __restrict__ indices, const int32_t* __restrict__ bins,
                         const int32_t* __restrict__ padded_bins, int32_t n, int32_t num_experts,
@@ -331,7 +333,8 @@ DL_EXTERN void __launch_bounds__(256)
 
 // Padded scatter, one warp per token t (grid ceil(tokens / 8), block 256):
 // out[t] = sum over j in slot order of w[t, j] * y[positions[t * k + j]]
-// (w = 1 when weights == nullptr), f32 accumulation, one rounding.
+// (w = 1 when weights == nullptr), f32 accumulation, one rounding; slots
+// whose position is negative (in no bin) contribute nothing.
 #define DL_SCATTER_KERNEL(NAME, T, V)                                                      \
   DL_EXTERN void __launch_bounds__(256)                                                    \
       NAME(const T* __restrict__ y, int32_t y_rows, const int32_t* __restrict__ positions, \
@@ -341,7 +344,8 @@ DL_EXTERN void __launch_bounds__(256)
   }
 
 // Weight gradient, one warp per assignment a = t * k + j (grid
-// ceil(tokens * k / 8), block 256): dw[a] = <grad_out[t], y[positions[a]]>, f32.
+// ceil(tokens * k / 8), block 256): dw[a] = <grad_out[t], y[positions[a]]>, f32;
+// 0 when positions[a] is negative (in no bin).
 #define DL_WEIGHT_GRAD_KERNEL(NAME, T, V)                                              \
   DL_EXTERN void __launch_bounds__(256)                                                \
       NAME(const T* __restrict__ grad_out, const T* __restrict__ y, int32_t y_rows,    \

@@ -8,12 +8,16 @@
 // two redux instructions (max of the probability's bits, then min expert id
 // among the lanes holding that maximum), so every lane agrees on the winner.
 //
-// Rows holding NaN or +/-inf: probs and weights are written as NaN, expert ids
-// as 0..k-1 (always in range), and the first offending element (lowest flat
-// index t * E + e over the whole batch) is recorded in `status`, a zeroed
+// A logit of -inf masks its expert ("never route here"): probability 0 and
+// never chosen. Rows holding NaN or +inf, and rows with fewer than k experts
+// above -inf, are flagged: probs and weights are written as NaN, expert ids
+// as 0..k-1 (always in range), and the row is recorded in `status`, a zeroed
 // 64-bit word, through an order-independent atomicMax on
-//   key = ((0x7fffffff - flat) << 2) | class,  class 0 NaN, 1 +inf, 2 -inf,
-// which is nonzero because flat < T * E <= 0x7fffffff. Zero means all finite.
+//   key = ((0x7fffffff - flat) << 2) | class,
+// class 0 NaN / 1 +inf at flat = t * E + e (the row's first such logit),
+// class 2 too few routable experts at flat = t * E + routable (< k <= E).
+// The key is nonzero because flat < T * E <= 0x7fffffff; the lowest flat
+// wins, i.e. the first flagged token. Zero means every token was routed.
 #include "common.cuh"
 
 namespace {
@@ -51,7 +55,8 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, in
   float* wrow = weights + t * top_k;
 
   float v[VPT];
-  uint32_t live = 0;  // bit i: expert i * 32 + lane exists and is not chosen yet
+  uint32_t exists = 0;  // bit i: expert i * 32 + lane exists
+  uint32_t live = 0;    // ... and is routable (above -inf) and not chosen yet
   int32_t first_bad = kNoExpert;
   int32_t bad_class = 0;
 #pragma unroll
@@ -60,19 +65,26 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, in
     v[i] = -INFINITY;
     if (e < num_experts) {
       v[i] = row[e];
-      live |= 1u << i;
-      if (!isfinite(v[i]) && first_bad == kNoExpert) {
-        first_bad = e;
-        bad_class = isnan(v[i]) ? 0 : (v[i] > 0.f ? 1 : 2);
+      exists |= 1u << i;
+      if (isnan(v[i]) || v[i] == INFINITY) {
+        if (first_bad == kNoExpert) {
+          first_bad = e;
+          bad_class = isnan(v[i]) ? 0 : 1;
+        }
+      } else if (v[i] != -INFINITY) {
+        live |= 1u << i;
       }
     }
   }
 
   const int32_t bad = __reduce_min_sync(kFull, first_bad);
-  if (bad != kNoExpert) {
-    const int32_t cls = __shfl_sync(kFull, bad_class, bad & 31);
+  const int32_t routable =
+      static_cast<int32_t>(__reduce_add_sync(kFull, static_cast<uint32_t>(__popc(live))));
+  if (bad != kNoExpert || routable < top_k) {
+    const int32_t cls = bad != kNoExpert ? __shfl_sync(kFull, bad_class, bad & 31) : 2;
     if (lane == 0) {
-      const uint32_t flat = static_cast<uint32_t>(t * num_experts + bad);
+      const int32_t col = bad != kNoExpert ? bad : routable;
+      const uint32_t flat = static_cast<uint32_t>(t * num_experts + col);
       const unsigned long long key =
           (static_cast<unsigned long long>(0x7fffffffu - flat) << 2) |
           static_cast<unsigned long long>(cls);
@@ -80,7 +92,7 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, in
     }
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
-      if ((live >> i) & 1u) prow[i * 32 + lane] = NAN;
+      if ((exists >> i) & 1u) prow[i * 32 + lane] = NAN;
     }
     for (int32_t j = lane; j < top_k; j += 32) {
       ids[j] = j;
@@ -96,18 +108,19 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, in
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
-    v[i] = ((live >> i) & 1u) ? expf(v[i] - m) : 0.f;
+    v[i] = ((live >> i) & 1u) ? expf(v[i] - m) : 0.f;  // masked: exactly 0
     s = __fadd_rn(s, v[i]);
   }
-  s = warp_sum(s);  // >= 1: the maximum contributes exp(0)
+  s = warp_sum(s);  // >= 1: the maximum (a routable expert) contributes exp(0)
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     v[i] = __fdiv_rn(v[i], s);
-    if ((live >> i) & 1u) prow[i * 32 + lane] = v[i];
+    if ((exists >> i) & 1u) prow[i * 32 + lane] = v[i];
   }
 
   // Probabilities lie in [0, 1], where the float bit pattern is monotone; the
-  // key of a live expert is bits + 1 >= 1, of a dead or absent one 0.
+  // key of a live expert is bits + 1 >= 1, of a masked, chosen or absent one
+  // 0, so only routable experts are chosen (k of them exist).
   float mine = 0.f;  // weight of slot `lane` (slots >= 32 go straight to memory)
   float sel_sum = 0.f;
   for (int32_t r = 0; r < top_k; ++r) {

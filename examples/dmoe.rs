@@ -13,8 +13,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::layer::{Backend, DroplessMoe, LayerElement};
-use dropless::reference::moe::{MlpKind, MoeConfig, MoeWeights};
+use dropless::memory::{available_host_memory, check_fits};
 use dropless::DType;
 use half::{bf16, f16};
 use ndarray::Array2;
@@ -34,7 +35,12 @@ struct Args {
     iters: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+const USAGE: &str = "usage: dmoe [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
+                     [--tokens N] [--hidden H] [--ffn F] [--experts E] [--top-k K] \
+                     [--glu|--plain] [--iters N]";
+
+/// The parsed command line, or `None` for `--help`.
+fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         device: DeviceChoice::Auto,
         dtype: None,
@@ -82,18 +88,51 @@ fn parse_args() -> Result<Args, String> {
             "--iters" => args.iters = number(value()?)?.max(1),
             "--glu" => args.config.mlp = MlpKind::Glu,
             "--plain" => args.config.mlp = MlpKind::Plain,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: dmoe [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
-                     [--tokens N] [--hidden H] [--ffn F] [--experts E] [--top-k K] \
-                     [--glu|--plain] [--iters N]"
-                        .into(),
-                )
-            }
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown flag {other} (try --help)")),
         }
     }
-    Ok(args)
+    Ok(Some(args))
+}
+
+/// Refuses a run that cannot fit, before anything is allocated: the host
+/// holds the weights and the input (and on the CPU the whole forward), the
+/// GPU the weights and the forward. Names the need, what is available, and
+/// the largest `--tokens` that fits.
+fn check_memory(args: &Args, backend: &Backend, dtype: DType) -> Result<(), String> {
+    let c = &args.config;
+    let need = |tokens: usize| c.weight_bytes(dtype) + c.forward_activation_bytes(tokens, dtype);
+    let (memory, available) = match backend {
+        Backend::Cpu => ("host", available_host_memory()),
+        Backend::Cuda(gpu) => {
+            if let Some(host) = available_host_memory() {
+                let input = (args.tokens * c.hidden * dtype.size_in_bytes()) as u128;
+                check_fits(
+                    "the weights and the input",
+                    "host",
+                    c.weight_bytes(dtype) + input,
+                    host,
+                    || "pass a smaller --tokens or --hidden".into(),
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            let (free, _) = gpu.memory_info().map_err(|e| e.to_string())?;
+            ("device", Some(free))
+        }
+    };
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let what = format!("a dMoE forward of {} tokens ({dtype})", args.tokens);
+    check_fits(&what, memory, need(args.tokens), available, || {
+        let fits = c.max_forward_tokens(available, dtype);
+        if fits == 0 {
+            "even one token does not fit: pass a smaller --hidden, --ffn or --experts".into()
+        } else {
+            format!("pass --tokens {fits} or fewer")
+        }
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Useful FLOPs of one forward: per assignment, one (plain) or two (GLU)
@@ -113,7 +152,7 @@ fn run<T: LayerElement>(args: &Args, backend: Backend) -> Result<(), String> {
         T::from_f32((((t * 31 + h * 17) % 101) as f32 / 50.0 - 1.0) * 0.5)
     });
     let device = backend.clone();
-    let mut layer = DroplessMoe::new(*config, weights, backend).map_err(|e| e.to_string())?;
+    let layer = DroplessMoe::new(*config, weights, backend).map_err(|e| e.to_string())?;
     let x = layer.upload(x.view()).map_err(|e| e.to_string())?;
     let mut out = layer.forward(&x).map_err(|e| e.to_string())?;
     let seconds = match &device {
@@ -161,7 +200,11 @@ fn run<T: LayerElement>(args: &Args, backend: Backend) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
@@ -196,6 +239,10 @@ fn main() -> ExitCode {
         (Backend::Cpu, None) => DType::F32,
         (_, Some(d)) => d,
     };
+    if let Err(msg) = check_memory(&args, &backend, dtype) {
+        eprintln!("error: {msg}");
+        return ExitCode::FAILURE;
+    }
     let result = match dtype {
         DType::F32 => run::<f32>(&args, backend),
         DType::BF16 => run::<bf16>(&args, backend),

@@ -58,10 +58,13 @@ pub enum Error {
         what: &'static str,
     },
 
-    /// Router logits (or another input that must be finite) hold NaN or infinity.
-    #[error("non-finite value {value} in {what} at row {row}, column {col}: check the router's input and weights")]
+    /// A tensor that must be finite holds NaN or infinity: router logits
+    /// (NaN or +inf; -inf masks an expert), weights, or a layer's output,
+    /// losses or gradients (the first non-finite value found, in row-major
+    /// order).
+    #[error("non-finite value {value} in {what} at row {row}, column {col}")]
     NonFinite {
-        /// The tensor that held the value.
+        /// The tensor that held the value, saying where it came from.
         what: &'static str,
         /// Row of the value.
         row: usize,
@@ -69,6 +72,46 @@ pub enum Error {
         col: usize,
         /// The value itself (NaN or +/-inf).
         value: f32,
+    },
+
+    /// A token whose router logits leave fewer routable experts (logits
+    /// above `-inf`; `-inf` masks an expert) than it must be routed to.
+    #[error("token {token} has {routable} routable experts (router logits above -inf), fewer than the {needed} it is routed to (top_k): mask fewer experts or lower top_k")]
+    TooFewExperts {
+        /// The token (row of the logits).
+        token: usize,
+        /// Its experts with a logit above `-inf`.
+        routable: usize,
+        /// The experts it needs (`top_k`; 1 for the z-loss).
+        needed: usize,
+    },
+
+    /// A token that lists the same expert in two of its `top_k` slots.
+    #[error("token {token} lists expert {expert} twice (slots {first} and {second}): a token's top_k slots must name distinct experts")]
+    DuplicateExpert {
+        /// The token (row of the expert ids).
+        token: usize,
+        /// The repeated expert id.
+        expert: i64,
+        /// The first slot that holds it.
+        first: usize,
+        /// The second slot that holds it.
+        second: usize,
+    },
+
+    /// A run would need more memory than the machine has available.
+    #[error("{what} needs about {} of {memory} memory, but only {} is available: {hint}", gib(*need), gib(*available))]
+    OutOfMemory {
+        /// What would be allocated.
+        what: String,
+        /// `host` or `device`.
+        memory: &'static str,
+        /// Bytes the run needs (an estimate from the shapes).
+        need: u64,
+        /// Bytes available now.
+        available: u64,
+        /// What to change so that it fits (a flag or a size).
+        hint: String,
     },
 
     /// A size or index would not fit the kernels' `i32` indexing.
@@ -143,6 +186,11 @@ impl From<cudarc::cublas::result::CublasError> for Error {
     fn from(e: cudarc::cublas::result::CublasError) -> Self {
         Error::Cublas(e.to_string())
     }
+}
+
+/// `bytes` in GiB with one decimal, for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// Largest value the kernels' `i32` indexing can address.

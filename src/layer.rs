@@ -2,9 +2,9 @@
 //! user switches backend without rewriting code.
 //!
 //! ```no_run
-//! use dropless::layer::{Backend, DroplessMoe, Tensor};
-//! use dropless::reference::moe::{MlpKind, MoeConfig, MoeWeights};
-//! use dropless::reference::router_grad::AuxLossCoefficients;
+//! use dropless::layer::{Backend, DroplessMoe};
+//! use dropless::{half::bf16, ndarray::Array2};
+//! use dropless::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 //!
 //! # fn main() -> dropless::Result<()> {
 //! let config = MoeConfig {
@@ -12,29 +12,34 @@
 //!     mlp: MlpKind::Glu, renormalize: true, block_size: 128,
 //! };
 //! let (backend, _why_not_gpu) = Backend::auto();
-//! let weights = MoeWeights::<half::bf16>::random(&config, 0)?;
-//! let mut layer = DroplessMoe::new(config, weights, backend)?;
-//! let x = ndarray::Array2::from_elem((64, 256), half::bf16::from_f32(0.1));
-//! let out = layer.forward(&layer.upload(x.view())?)?;
-//! let grads = layer.backward(&out.output, AuxLossCoefficients { load_balancing: 0.01, z_loss: 1e-3 })?;
-//! let dx = layer.download(&grads.x)?;
-//! # let _ = dx; Ok(()) }
+//! let layer = DroplessMoe::new(config, MoeWeights::<bf16>::random(&config, 0)?, backend)?;
+//! let x = layer.upload(Array2::from_elem((64, 256), bf16::from_f32(0.1)).view())?;
+//! let y = layer.download(&layer.forward(&x)?.output)?;
+//! // dL/dy of L = ½‖y‖²: the gradient of the loss with respect to the output.
+//! let grads = layer.backward(&layer.upload(y.view())?, AuxLossCoefficients::default())?;
+//! if grads.finite.all_finite(layer.backend())? {
+//!     let dx = layer.download(&grads.x)?;
+//! #   let _ = dx;
+//! }
+//! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use half::{bf16, f16};
-use ndarray::{Array2, ArrayD, ArrayView2};
+use ndarray::{Array2, ArrayD, ArrayView, ArrayView2, Dimension};
 
+use crate::checks::check_all_finite;
+use crate::config::{AuxLossCoefficients, MoeConfig, MoeWeights};
+use crate::cuda::finite::DeviceFiniteCheck;
 use crate::cuda::moe::{
     backward, forward_train, DeviceMoeGradients, DeviceMoeOutput, DeviceMoeSaved, DeviceMoeWeights,
 };
-use crate::cuda::{CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
+use crate::cuda::{check_block_size, CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::reference::backward::backward as cpu_backward;
-use crate::reference::moe::{forward_train as cpu_forward, MoeConfig, MoeSaved, MoeWeights};
-use crate::reference::router_grad::AuxLossCoefficients;
+use crate::reference::moe::{forward_train as cpu_forward, MoeSaved};
 
 /// Where a layer runs.
 #[derive(Debug, Clone)]
@@ -54,6 +59,18 @@ impl Backend {
             Ok(b) => (Backend::Cuda(Arc::new(b)), None),
             Err(e) => (Backend::Cpu, Some(e)),
         }
+    }
+
+    /// Checks that this backend can run a layer of `config`: on CUDA its
+    /// block size must be one the kernels implement
+    /// ([`crate::cuda::CUDA_BLOCK_SIZES`], else
+    /// [`Error::UnsupportedBlockSize`] naming them), and on both the config
+    /// must validate ([`MoeConfig::validate`]). Reads nothing from the device.
+    pub fn check_config(&self, config: &MoeConfig) -> Result<()> {
+        if let Backend::Cuda(_) = self {
+            check_block_size(config.block_size)?;
+        }
+        config.validate()
     }
 
     /// A short name: `cpu` or `cuda`.
@@ -174,6 +191,52 @@ enum Saved<T> {
     Device(Box<DeviceMoeSaved<T>>),
 }
 
+/// Whether the results of a forward or a backward hold only finite values.
+///
+/// GLaM skips the update of a training batch whose gradients hold NaN or
+/// infinity; [`Finiteness::all_finite`] is that test. The CPU backend decides
+/// it on the host while it computes (a CPU forward already returns the error
+/// of a non-finite output or loss, so its flag is always finite); the CUDA
+/// backend records it on the device, adding no host synchronisation to the
+/// step, and reads it (one synchronisation) only when asked.
+#[derive(Debug)]
+pub struct Finiteness(FiniteState);
+
+#[derive(Debug)]
+enum FiniteState {
+    /// Decided on the host: the first non-finite value, if any.
+    Host(Option<Error>),
+    /// Recorded on the device.
+    Device(DeviceFiniteCheck),
+}
+
+impl Finiteness {
+    /// `Ok(())` when every value is finite; else the first problem, in the
+    /// order the results were produced: [`Error::NonFinite`] naming the
+    /// tensor, row and column (or, for a CUDA forward, the router's
+    /// [`Error::NonFinite`] / [`Error::TooFewExperts`]). Waits for the stream
+    /// on CUDA.
+    pub fn check(&self, backend: &Backend) -> Result<()> {
+        match (&self.0, backend) {
+            (FiniteState::Host(None), _) => Ok(()),
+            (FiniteState::Host(Some(e)), _) => Err(e.clone()),
+            (FiniteState::Device(check), Backend::Cuda(b)) => check.check(b),
+            (FiniteState::Device(_), Backend::Cpu) => Err(wrong_backend()),
+        }
+    }
+
+    /// Whether every value is finite: [`Finiteness::check`] as the bool a
+    /// training loop tests to skip a batch. Errors only when the flag cannot
+    /// be read (a device error, or the wrong backend).
+    pub fn all_finite(&self, backend: &Backend) -> Result<bool> {
+        match self.check(backend) {
+            Ok(()) => Ok(true),
+            Err(Error::NonFinite { .. } | Error::TooFewExperts { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// What a forward returns: the output and what training and monitoring need.
 #[derive(Debug)]
 pub struct MoeForward<T> {
@@ -189,6 +252,10 @@ pub struct MoeForward<T> {
     pub load_balancing_loss: Tensor<f32>,
     /// `[1]`: the router z-loss (unscaled).
     pub z_loss: Tensor<f32>,
+    /// Whether the routing, the output and both losses are finite. On the
+    /// CPU a problem is already the forward's error; on CUDA read it with
+    /// [`Finiteness::check`].
+    pub finite: Finiteness,
 }
 
 /// Gradients of a backward, shaped like the layer's inputs and weights.
@@ -204,14 +271,21 @@ pub struct MoeGrads<T> {
     pub w3: Option<Tensor<T>>,
     /// `[num_experts * ffn, hidden]`.
     pub w2: Tensor<T>,
+    /// Whether every gradient is finite: test
+    /// [`Finiteness::all_finite`] and skip the update when it is not.
+    pub finite: Finiteness,
 }
 
 /// A dropless MoE layer on one backend.
+///
+/// [`DroplessMoe::forward`] and [`DroplessMoe::backward`] take `&self`: the
+/// state the backward needs is kept inside (that of the last forward), so
+/// `layer.download(&layer.forward(&x)?.output)?` is a valid one-liner.
 pub struct DroplessMoe<T> {
     config: MoeConfig,
     backend: Backend,
     weights: Weights<T>,
-    saved: Option<Saved<T>>,
+    saved: Mutex<Option<Saved<T>>>,
 }
 
 fn host<T>(a: Array2<T>) -> Tensor<T> {
@@ -222,10 +296,38 @@ fn host1<T>(v: Vec<T>) -> Tensor<T> {
     Tensor::Host(ndarray::Array1::from(v).into_dyn())
 }
 
+/// The first non-finite value of the named host matrices, as the error.
+fn first_nonfinite<T: Element>(tensors: &[(&'static str, ArrayView2<T>)]) -> Option<Error> {
+    tensors
+        .iter()
+        .find_map(|&(what, m)| check_all_finite(what, m).err())
+}
+
+/// Names of the forward's results in finiteness errors.
+const OUTPUT: &str = "the layer output";
+const LOAD_BALANCING: &str = "the load-balancing loss";
+const Z_LOSS: &str = "the router z-loss";
+
+/// Names of the gradients in finiteness errors.
+const GRAD_X: &str = "the input gradient (dx)";
+const GRAD_ROUTER: &str = "the router gradient";
+const GRAD_W1: &str = "the w1 gradient";
+const GRAD_W3: &str = "the w3 gradient";
+const GRAD_W2: &str = "the w2 gradient";
+
 impl<T: LayerElement> DroplessMoe<T> {
     /// A layer with `weights` on `backend` (uploaded once for CUDA).
+    ///
+    /// Everything a backend cannot run is refused here, before any upload:
+    /// on CUDA a block size other than [`crate::cuda::CUDA_BLOCK_SIZES`]
+    /// ([`Error::UnsupportedBlockSize`]) and an element type the kernels do
+    /// not take ([`Error::DTypeMismatch`]); on both, a config that does not
+    /// validate, weights that do not fit it, and non-finite weights
+    /// ([`Error::NonFinite`] naming the tensor, row and column).
     pub fn new(config: MoeConfig, weights: MoeWeights<T>, backend: Backend) -> Result<Self> {
+        backend.check_config(&config)?;
         weights.check(&config)?;
+        weights.check_finite()?;
         let weights = match &backend {
             Backend::Cpu => Weights::Host(weights),
             Backend::Cuda(b) => Weights::Device((cuda_ops::<T>()?.upload)(b, &config, &weights)?),
@@ -234,7 +336,7 @@ impl<T: LayerElement> DroplessMoe<T> {
             config,
             backend,
             weights,
-            saved: None,
+            saved: Mutex::new(None),
         })
     }
 
@@ -248,11 +350,20 @@ impl<T: LayerElement> DroplessMoe<T> {
         &self.backend
     }
 
-    /// Puts a `[tokens, hidden]` host array where this layer runs.
-    pub fn upload(&self, x: ArrayView2<T>) -> Result<Tensor<T>> {
+    /// Puts a host array where this layer runs (an input `[tokens, hidden]`,
+    /// or a gradient of the output; any dimensionality, e.g. what
+    /// [`DroplessMoe::download`] returned).
+    pub fn upload<D: Dimension>(&self, x: ArrayView<T, D>) -> Result<Tensor<T>> {
         match &self.backend {
             Backend::Cpu => Ok(Tensor::Host(x.to_owned().into_dyn())),
-            Backend::Cuda(b) => Ok(Tensor::Device(DeviceTensor::from_array(b, x)?)),
+            Backend::Cuda(b) => {
+                let values: Vec<T> = x.iter().copied().collect();
+                Ok(Tensor::Device(DeviceTensor::from_host(
+                    b,
+                    x.shape(),
+                    &values,
+                )?))
+            }
         }
     }
 
@@ -261,9 +372,22 @@ impl<T: LayerElement> DroplessMoe<T> {
         t.to_host(&self.backend)
     }
 
-    /// The forward pass; saves what [`DroplessMoe::backward`] needs. On CUDA it
-    /// queues work on the stream and returns without waiting for it.
-    pub fn forward(&mut self, x: &Tensor<T>) -> Result<MoeForward<T>> {
+    /// The saved state, also when a panicking thread poisoned the lock: it
+    /// is only ever replaced whole, so it is never half-written.
+    fn saved(&self) -> MutexGuard<'_, Option<Saved<T>>> {
+        self.saved.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The forward pass; keeps what [`DroplessMoe::backward`] needs (replacing
+    /// the previous forward's). On CUDA it queues work on the stream and
+    /// returns without waiting for it.
+    ///
+    /// Errors: shape and routing errors as [`crate::reference::moe::forward`];
+    /// on the CPU also [`Error::NonFinite`] when the output or a loss is not
+    /// finite (finite inputs can overflow). On CUDA those are recorded in
+    /// [`MoeForward::finite`] instead, with the router's
+    /// [`Error::NonFinite`] / [`Error::TooFewExperts`].
+    pub fn forward(&self, x: &Tensor<T>) -> Result<MoeForward<T>> {
         match (&self.weights, x) {
             (Weights::Host(w), Tensor::Host(x)) => {
                 let x = x
@@ -274,7 +398,21 @@ impl<T: LayerElement> DroplessMoe<T> {
                         message: format!("x must be [tokens, hidden], found {:?}", x.shape()),
                     })?;
                 let (out, saved) = cpu_forward(&self.config, w, x)?;
-                self.saved = Some(Saved::Host(Box::new(saved)));
+                check_all_finite(OUTPUT, out.output.view())?;
+                for (what, value) in [
+                    (LOAD_BALANCING, out.load_balancing_loss),
+                    (Z_LOSS, out.z_loss),
+                ] {
+                    if !value.is_finite() {
+                        return Err(Error::NonFinite {
+                            what,
+                            row: 0,
+                            col: 0,
+                            value,
+                        });
+                    }
+                }
+                *self.saved() = Some(Saved::Host(Box::new(saved)));
                 Ok(MoeForward {
                     output: host(out.output),
                     expert_ids: host(out.routing.expert_ids),
@@ -282,6 +420,7 @@ impl<T: LayerElement> DroplessMoe<T> {
                     tokens_per_expert: Tensor::Host(out.tokens_per_expert.into_dyn()),
                     load_balancing_loss: host1(vec![out.load_balancing_loss]),
                     z_loss: host1(vec![out.z_loss]),
+                    finite: Finiteness(FiniteState::Host(None)),
                 })
             }
             (Weights::Device(w), Tensor::Device(x)) => {
@@ -289,6 +428,11 @@ impl<T: LayerElement> DroplessMoe<T> {
                     return Err(wrong_backend());
                 };
                 let (out, saved) = (cuda_ops::<T>()?.forward)(b, &self.config, w, x)?;
+                let mut finite = DeviceFiniteCheck::new(b, 4)?;
+                finite.record_router(b, &saved.routing)?;
+                finite.record(b, OUTPUT, &out.output)?;
+                finite.record(b, LOAD_BALANCING, &out.load_balancing_loss)?;
+                finite.record(b, Z_LOSS, &out.z_loss)?;
                 let forward = MoeForward {
                     output: Tensor::Device(out.output),
                     expert_ids: Tensor::Device(saved.routing.expert_ids.try_clone(b)?),
@@ -296,23 +440,32 @@ impl<T: LayerElement> DroplessMoe<T> {
                     tokens_per_expert: Tensor::Device(out.tokens_per_expert),
                     load_balancing_loss: Tensor::Device(out.load_balancing_loss),
                     z_loss: Tensor::Device(out.z_loss),
+                    finite: Finiteness(FiniteState::Device(finite)),
                 };
-                self.saved = Some(Saved::Device(Box::new(saved)));
+                *self.saved() = Some(Saved::Device(Box::new(saved)));
                 Ok(forward)
             }
             _ => Err(wrong_backend()),
         }
     }
 
-    /// The backward pass of the last forward: gradients of
+    /// The backward pass of the last forward.
+    ///
+    /// `grad_output` is `dL/d output`: the gradient of the training loss `L`
+    /// with respect to this layer's output, `[tokens, hidden]` like the
+    /// output (for `L = ½ ‖output − target‖²` it is `output − target`).
+    /// Returns the gradients of
     /// `<grad_output, output> + aux.load_balancing * LBL + aux.z_loss * Z`
-    /// with respect to the input, the router and the expert weights.
+    /// with respect to the input, the router and the expert weights, and
+    /// whether they are all finite ([`MoeGrads::finite`]; recorded on the
+    /// device on CUDA, with no host synchronisation).
     pub fn backward(
-        &mut self,
+        &self,
         grad_output: &Tensor<T>,
         aux: AuxLossCoefficients,
     ) -> Result<MoeGrads<T>> {
-        let saved = self.saved.as_ref().ok_or_else(|| {
+        let saved = self.saved();
+        let saved = saved.as_ref().ok_or_else(|| {
             Error::InvalidConfig(
                 "backward needs a forward first: call forward, then backward".into(),
             )
@@ -327,12 +480,23 @@ impl<T: LayerElement> DroplessMoe<T> {
                         message: format!("grad_output must be 2-D, found {:?}", g.shape()),
                     })?;
                 let grads = cpu_backward(&self.config, w, s, g, aux)?;
+                let mut named = vec![
+                    (GRAD_X, grads.x.view()),
+                    (GRAD_ROUTER, grads.router.view()),
+                    (GRAD_W1, grads.w1.view()),
+                ];
+                if let Some(w3) = &grads.w3 {
+                    named.push((GRAD_W3, w3.view()));
+                }
+                named.push((GRAD_W2, grads.w2.view()));
+                let finite = Finiteness(FiniteState::Host(first_nonfinite(&named)));
                 Ok(MoeGrads {
                     x: host(grads.x),
                     router: host(grads.router),
                     w1: host(grads.w1),
                     w3: grads.w3.map(host),
                     w2: host(grads.w2),
+                    finite,
                 })
             }
             (Weights::Device(w), Saved::Device(s), Tensor::Device(g)) => {
@@ -340,12 +504,21 @@ impl<T: LayerElement> DroplessMoe<T> {
                     return Err(wrong_backend());
                 };
                 let grads = (cuda_ops::<T>()?.backward)(b, &self.config, w, s, g, aux)?;
+                let mut finite = DeviceFiniteCheck::new(b, 5)?;
+                finite.record(b, GRAD_X, &grads.x)?;
+                finite.record(b, GRAD_ROUTER, &grads.router)?;
+                finite.record(b, GRAD_W1, &grads.w1)?;
+                if let Some(w3) = &grads.w3 {
+                    finite.record(b, GRAD_W3, w3)?;
+                }
+                finite.record(b, GRAD_W2, &grads.w2)?;
                 Ok(MoeGrads {
                     x: Tensor::Device(grads.x),
                     router: Tensor::Device(grads.router),
                     w1: Tensor::Device(grads.w1),
                     w3: grads.w3.map(Tensor::Device),
                     w2: Tensor::Device(grads.w2),
+                    finite: Finiteness(FiniteState::Device(finite)),
                 })
             }
             _ => Err(wrong_backend()),

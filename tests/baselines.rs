@@ -3,9 +3,10 @@
 //! assignments an independent count says it should (token-order priority),
 //! and the dropped ones contribute nothing.
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::activation::{gelu, silu};
 use dropless::reference::capacity::{expert_capacity, forward, forward_routed};
-use dropless::reference::moe::{self, MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe;
 use dropless::reference::routing::Routing;
 use dropless::{Element, Error};
 use half::bf16;

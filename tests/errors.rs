@@ -1,8 +1,9 @@
 //! Every bad input to the CPU reference returns the typed error that names it,
 //! never a panic: one test per kind of bad input.
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::loss::{load_balancing_loss, router_z_loss};
-use dropless::reference::moe::{forward, MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe::forward;
 use dropless::reference::permute::{
     histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter,
     padded_scatter_weight_grad, sort_by_expert,
@@ -349,20 +350,19 @@ fn nan_logits() {
 
 #[test]
 fn inf_logits() {
-    for value in [f32::INFINITY, f32::NEG_INFINITY] {
-        let mut logits = input(3, 4);
-        logits[[2, 0]] = value;
-        let err = route(logits.view(), 1, true).unwrap_err();
-        assert!(
-            matches!(err, Error::NonFinite { row: 2, col: 0, value: v, .. } if v == value),
-            "{err}"
-        );
-        let err = router_z_loss(logits.view()).unwrap_err();
-        assert!(
-            matches!(err, Error::NonFinite { row: 2, col: 0, .. }),
-            "{err}"
-        );
-    }
+    // +inf is an error; -inf masks an expert (see minus_inf_logits_mask_experts).
+    let mut logits = input(3, 4);
+    logits[[2, 0]] = f32::INFINITY;
+    let err = route(logits.view(), 1, true).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFinite { row: 2, col: 0, value, .. } if value == f32::INFINITY),
+        "{err}"
+    );
+    let err = router_z_loss(logits.view()).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFinite { row: 2, col: 0, .. }),
+        "{err}"
+    );
     let mut probs = Array2::from_elem((2, 2), 0.5f32);
     probs[[0, 1]] = f32::INFINITY;
     let err = load_balancing_loss(probs.view(), array![[0], [1]].view(), 2).unwrap_err();
@@ -370,6 +370,209 @@ fn inf_logits() {
         matches!(err, Error::NonFinite { row: 0, col: 1, .. }),
         "{err}"
     );
+}
+
+#[test]
+fn minus_inf_logits_mask_experts() {
+    // A logit of -inf means "never route here" (a pruned or disabled expert):
+    // probability 0, never chosen, zero logit gradient; the other experts
+    // route as if the masked one did not exist.
+    let mut logits = input(5, 4);
+    for t in 0..5 {
+        logits[[t, 1]] = f32::NEG_INFINITY;
+    }
+    logits[[3, 2]] = f32::NEG_INFINITY;
+    let routing = route(logits.view(), 2, true).unwrap();
+    for t in 0..5 {
+        assert_eq!(routing.probs[[t, 1]], 0.0);
+        assert!(
+            routing.expert_ids.row(t).iter().all(|&e| e != 1),
+            "token {t}"
+        );
+    }
+    assert_eq!(routing.probs[[3, 2]], 0.0);
+    let mut row3: Vec<i32> = routing.expert_ids.row(3).to_vec();
+    row3.sort_unstable();
+    assert_eq!(
+        row3,
+        vec![0, 3],
+        "token 3 keeps its only two routable experts"
+    );
+    // The same as routing over the unmasked experts alone (tokens 0..3, 4).
+    let kept = [0usize, 2, 3];
+    let sub = Array2::from_shape_fn((5, 3), |(t, i)| logits[[t, kept[i]]]);
+    let sub_routing = route(sub.select(ndarray::Axis(0), &[0, 1, 2, 4]).view(), 2, true).unwrap();
+    for (i, t) in [0usize, 1, 2, 4].into_iter().enumerate() {
+        for j in 0..2 {
+            assert_eq!(
+                routing.expert_ids[[t, j]],
+                kept[sub_routing.expert_ids[[i, j]] as usize] as i32
+            );
+            assert!((routing.weights[[t, j]] - sub_routing.weights[[i, j]]).abs() < 1e-6);
+        }
+    }
+    let z = router_z_loss(logits.view()).unwrap();
+    assert!(z.is_finite(), "{z}");
+    let dlogits = dropless::reference::router_grad::route_backward(
+        logits.view(),
+        &routing,
+        Array2::from_elem((5, 2), 0.3f32).view(),
+        true,
+        dropless::AuxLossCoefficients {
+            load_balancing: 0.1,
+            z_loss: 0.01,
+        },
+    )
+    .unwrap();
+    assert!(dlogits.iter().all(|v| v.is_finite()));
+    for t in 0..5 {
+        assert_eq!(dlogits[[t, 1]], 0.0, "a masked expert gets no gradient");
+    }
+}
+
+#[test]
+fn too_few_routable_experts() {
+    // Token 1 keeps one routable expert but needs top_k = 2.
+    let mut logits = input(3, 4);
+    for e in [0, 2, 3] {
+        logits[[1, e]] = f32::NEG_INFINITY;
+    }
+    let err = route(logits.view(), 2, false).unwrap_err();
+    assert_eq!(
+        err,
+        Error::TooFewExperts {
+            token: 1,
+            routable: 1,
+            needed: 2
+        },
+        "{err}"
+    );
+    assert!(err.to_string().contains("lower top_k"), "{err}");
+    route(logits.view(), 1, false).unwrap();
+    // A token with every expert masked has no logsumexp.
+    logits.row_mut(2).fill(f32::NEG_INFINITY);
+    let err = router_z_loss(logits.view()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooFewExperts {
+                token: 2,
+                routable: 0,
+                needed: 1
+            }
+        ),
+        "{err}"
+    );
+    // NaN and +inf are still errors, named for the first bad token.
+    logits[[0, 3]] = f32::NAN;
+    let err = route(logits.view(), 1, false).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFinite { row: 0, col: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_listing_an_expert_twice_is_refused_by_the_sort() {
+    let ids = array![[0i32, 1], [2, 2], [1, 3]];
+    let err = sort_by_expert(ids.view(), 4).unwrap_err();
+    assert_eq!(
+        err,
+        Error::DuplicateExpert {
+            token: 1,
+            expert: 2,
+            first: 0,
+            second: 1
+        },
+        "{err}"
+    );
+    assert!(err.to_string().contains("distinct"), "{err}");
+    let ids = array![[3i32, 0, 1, 3]];
+    assert!(matches!(
+        sort_by_expert(ids.view(), 4),
+        Err(Error::DuplicateExpert {
+            token: 0,
+            expert: 3,
+            first: 0,
+            second: 3
+        })
+    ));
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    use dropless::layer::{Backend, DroplessMoe};
+    let cfg = config();
+    for (which, value) in [
+        ("w2", f32::NAN),
+        ("router", f32::INFINITY),
+        ("w3", f32::NEG_INFINITY),
+    ] {
+        let mut w = MoeWeights::<f32>::random(&cfg, 1).unwrap();
+        let m = match which {
+            "w2" => &mut w.w2,
+            "router" => &mut w.router,
+            _ => w.w3.as_mut().unwrap(),
+        };
+        m[[3, 5]] = value;
+        let err = w.check_finite().unwrap_err();
+        match &err {
+            Error::NonFinite {
+                what,
+                row: 3,
+                col: 5,
+                value: v,
+            } if what.contains(which) && (v.is_nan() == value.is_nan()) => {}
+            other => panic!("{which}: {other}"),
+        }
+        assert!(err.to_string().contains("row 3, column 5"), "{err}");
+        let err = DroplessMoe::new(cfg, w, Backend::Cpu).err().unwrap();
+        assert!(
+            matches!(err, Error::NonFinite { row: 3, col: 5, .. }),
+            "{err}"
+        );
+    }
+    // bf16 weights too (a badly converted checkpoint).
+    let mut w = MoeWeights::<half::bf16>::random(&cfg, 1).unwrap();
+    w.w1[[0, 7]] = half::bf16::INFINITY;
+    assert!(matches!(
+        w.check_finite(),
+        Err(Error::NonFinite { row: 0, col: 7, .. })
+    ));
+}
+
+#[test]
+fn overflowing_layer_outputs_are_errors_on_the_cpu() {
+    use dropless::layer::{Backend, DroplessMoe};
+    // Finite inputs whose products overflow f32: the forward's output (and
+    // z-loss) would be inf; the CPU layer returns the error instead of Ok.
+    let cfg = config();
+    let layer = DroplessMoe::new(
+        cfg,
+        MoeWeights::<f32>::random(&cfg, 1).unwrap(),
+        Backend::Cpu,
+    )
+    .unwrap();
+    let x = Array2::from_elem((4, cfg.hidden), 1e30f32);
+    let err = layer
+        .forward(&layer.upload(x.view()).unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                what: "the layer output",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A finite forward is Ok and flagged finite.
+    let out = layer
+        .forward(&layer.upload(input(4, cfg.hidden).view()).unwrap())
+        .unwrap();
+    out.finite.check(layer.backend()).unwrap();
 }
 
 #[test]
@@ -462,4 +665,89 @@ fn ffn_not_a_multiple_of_the_block_size_is_an_invalid_config() {
     };
     let err = cfg.validate().unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+}
+
+#[test]
+fn block_sizes_the_gpu_kernels_lack_are_refused_up_front() {
+    // The check every CUDA entry point (DroplessMoe::new on a CUDA backend,
+    // the device weights' upload, padded bins, topologies, the sparse
+    // products) runs first; it needs no device.
+    use dropless::cuda::{check_block_size, max_padded_tokens, CUDA_BLOCK_SIZES};
+    use dropless::layer::Backend;
+    assert_eq!(CUDA_BLOCK_SIZES, &[128]);
+    check_block_size(128).unwrap();
+    for block_size in [0, 16, 64, 256] {
+        let err = check_block_size(block_size).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnsupportedBlockSize { block_size: b, supported: &[128], .. } if b == block_size
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("use one of [128]"), "{err}");
+        let err = max_padded_tokens(4, 2, 8, block_size).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedBlockSize { .. }), "{err}");
+    }
+    // The CPU reference takes block size 16; the check is the CUDA one.
+    let cfg = config();
+    assert_eq!(cfg.block_size, 16);
+    Backend::Cpu.check_config(&cfg).unwrap();
+}
+
+#[test]
+fn layer_memory_is_estimated_before_allocating() {
+    use dropless::memory::check_fits;
+    use dropless::DType;
+    // The dmoe example's default layer.
+    let cfg = MoeConfig {
+        hidden: 512,
+        ffn: 1024,
+        num_experts: 8,
+        top_k: 2,
+        mlp: MlpKind::Glu,
+        renormalize: true,
+        block_size: 128,
+    };
+    assert_eq!(
+        cfg.weight_bytes(DType::F32),
+        (8 * 512 + 3 * 8 * 1024 * 512) * 4
+    );
+    assert_eq!(
+        cfg.weight_bytes(DType::BF16),
+        (8 * 512 + 3 * 8 * 1024 * 512) * 2
+    );
+    // 100 tokens: x, its saved copy and the output; f32 logits and probs;
+    // ids and weights; the padded bound 100 * 2 + 8 * 127 = 1216 rows of the
+    // gathered input and expert output (hidden) and of the GLU's two
+    // pre-activations and activations (ffn).
+    let want =
+        3 * 100 * 512 * 4 + 2 * 100 * 8 * 4 + 2 * 100 * 2 * 4 + 1216 * (2 * 512 + 3 * 1024) * 4;
+    assert_eq!(cfg.forward_activation_bytes(100, DType::F32), want);
+    // `dmoe --tokens 100000000` needs terabytes: refused, naming what fits.
+    let need = cfg.weight_bytes(DType::F32) + cfg.forward_activation_bytes(100_000_000, DType::F32);
+    assert!(need > 1 << 40, "{need}");
+    let available = 16u64 << 30;
+    let fits = cfg.max_forward_tokens(available, DType::F32);
+    let at = |t: u128| {
+        cfg.weight_bytes(DType::F32) + cfg.forward_activation_bytes(t as usize, DType::F32)
+    };
+    assert!(at(fits) <= u128::from(available) && at(fits + 1) > u128::from(available));
+    let err = check_fits("a dMoE forward", "host", need, available, || {
+        format!("pass --tokens {fits} or fewer")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::OutOfMemory { memory: "host", available: a, .. } if a == available),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("16.0 GiB") && err.to_string().contains("--tokens"),
+        "{err}"
+    );
+    assert_eq!(
+        cfg.max_forward_tokens(1 << 20, DType::F32),
+        0,
+        "the weights alone need 48 MiB"
+    );
 }

@@ -8,6 +8,9 @@
 #[path = "../examples/generate/checkpoint.rs"]
 mod checkpoint;
 #[allow(dead_code)]
+#[path = "../examples/generate/cli.rs"]
+mod cli;
+#[allow(dead_code)]
 #[path = "../examples/generate/config.rs"]
 mod config;
 #[allow(dead_code)]
@@ -19,6 +22,9 @@ mod demo;
 #[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
+#[allow(dead_code)]
+#[path = "../examples/generate/memory.rs"]
+mod memory;
 #[allow(dead_code)]
 #[path = "../examples/generate/model.rs"]
 mod model;
@@ -403,4 +409,161 @@ fn f32_logits_match_transformers_on_committed_fixtures() {
         checked += 1;
     }
     eprintln!("{checked} families checked against transformers");
+}
+
+/// Runs the example's argument parser on `args`.
+fn parse(args: &[&str]) -> error::Result<cli::Command> {
+    cli::parse_args(args.iter().map(|a| a.to_string()))
+}
+
+#[test]
+fn help_is_not_an_error() {
+    for flag in ["--help", "-h"] {
+        assert!(matches!(parse(&[flag]), Ok(cli::Command::Help)), "{flag}");
+    }
+    assert!(matches!(
+        parse(&["--max-new-tokens", "3"]),
+        Ok(cli::Command::Run(cli::Args {
+            max_new_tokens: 3,
+            ..
+        }))
+    ));
+    let err = parse(&["--bogus"]).unwrap_err().to_string();
+    assert!(err.contains("--bogus") && err.contains("usage"), "{err}");
+}
+
+#[test]
+fn the_output_says_what_the_ids_are() {
+    // Scripts read the sequence lines: all ids, prompt first, unchanged.
+    assert_eq!(
+        cli::sequence_line(0, &[1, 2, 3, 489]),
+        "sequence 0: 1 2 3 489"
+    );
+    let demo = cli::header_lines(Some(demo::DemoSize::Small), 8, 16);
+    assert_eq!(demo.len(), 2);
+    assert!(
+        demo[0].contains("demo") && demo[0].contains("seeded random") && demo[0].contains("noise"),
+        "{}",
+        demo[0]
+    );
+    assert!(
+        demo[1].contains("8 prompt ids, then 16 generated ids"),
+        "{}",
+        demo[1]
+    );
+    let real = cli::header_lines(None, 5, 2);
+    assert_eq!(real.len(), 1, "no demo line for a checkpoint");
+    let note = cli::decode_note(16).unwrap();
+    assert!(
+        note.contains("prefill") && note.contains("15 steps"),
+        "{note}"
+    );
+    assert_eq!(cli::decode_note(0), None);
+}
+
+#[test]
+fn generation_past_the_model_positions_is_refused() {
+    let config = ModelConfig::from_json(&demo::config_json(demo::DemoSize::Small)).unwrap();
+    assert_eq!(config.max_position_embeddings, Some(4096));
+    cli::check_positions(&config, 8, 4088).unwrap();
+    let err = cli::check_positions(&config, 8, 4089)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_position_embeddings = 4096") && err.contains("--max-new-tokens 4088"),
+        "{err}"
+    );
+    let err = cli::check_positions(&config, 5000, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shorten the prompt"), "{err}");
+    let unbounded = ModelConfig {
+        max_position_embeddings: None,
+        ..config
+    };
+    cli::check_positions(&unbounded, 8, 1 << 20).unwrap();
+}
+
+#[test]
+fn runs_too_big_for_memory_are_refused_before_loading() {
+    const GIB: u64 = 1 << 30;
+    let big = ModelConfig::from_json(&demo::config_json(demo::DemoSize::Mixtral2L)).unwrap();
+    // Embedding and LM head, then per layer q, k, v, o, the router, 8
+    // experts x 3 matrices and two norms, then the final norm.
+    let per_layer = 2 * 4096 * 4096 + 2 * 1024 * 4096 + 8 * 4096 + 8 * 3 * 14336 * 4096 + 2 * 4096;
+    assert_eq!(
+        memory::parameter_count(&big),
+        2 * 32000 * 4096 + 2 * per_layer + 4096
+    );
+    let run = memory::Run {
+        dtype: dropless::DType::F32,
+        on_gpu: false,
+        source_bytes: 4,
+        batch: 1,
+        prompt_len: 8,
+        max_new_tokens: 16,
+    };
+    // The f32 demo on the CPU holds the f32 source and the f32 model: 8
+    // bytes per parameter, ~23.6 GiB (the 24 GB the kernel killed).
+    let need = memory::estimate(&big, &run);
+    let params = memory::parameter_count(&big);
+    assert!(
+        need.host >= 8 * params && need.host < 8 * params + (GIB as u128),
+        "{need:?}"
+    );
+    let err = memory::check(&big, &run, Some(20 * GIB), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("host memory") && err.contains("20.0 GiB") && err.contains("--dtype bf16"),
+        "{err}"
+    );
+    let err = memory::check(&big, &run, Some(12 * GIB), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--demo small"), "{err}");
+    // On the GPU the device holds the bf16 model.
+    let gpu = memory::Run {
+        dtype: dropless::DType::BF16,
+        on_gpu: true,
+        ..run
+    };
+    let err = memory::check(&big, &gpu, Some(64 * GIB), Some(4 * GIB))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("device memory"), "{err}");
+    memory::check(&big, &gpu, Some(64 * GIB), Some(80 * GIB)).unwrap();
+    // The small demo fits anywhere.
+    let small = ModelConfig::from_json(&demo::config_json(demo::DemoSize::Small)).unwrap();
+    memory::check(&small, &run, Some(GIB), None).unwrap();
+}
+
+#[test]
+fn non_finite_weights_are_refused_when_loaded() {
+    let nan = "model.layers.1.block_sparse_moe.experts.2.w2.weight";
+    let err = broken("nan", |_, t| {
+        t.0.get_mut(nan).unwrap().1[3 * 32 + 5] = f32::NAN;
+    });
+    assert!(
+        err.contains(nan) && err.contains("NaN") && err.contains("row 3, column 5"),
+        "{err}"
+    );
+    // A value that overflows the run dtype: finite in f32, inf in f16.
+    let config = tiny_config("mixtral", &TINY);
+    let mut tensors = tiny_tensors("mixtral", &TINY, 3);
+    tensors.0.get_mut("model.embed_tokens.weight").unwrap().1[7] = 1e6;
+    let dir = temp_dir("overflow");
+    write_checkpoint(&dir, &config, &tensors, Dtype::F32, 1);
+    let parsed = ModelConfig::from_json(&config).unwrap();
+    let src = Checkpoint::open(&dir).unwrap();
+    Model::<f32>::load(parsed.clone(), &src).unwrap();
+    let err = match Model::<half::f16>::load(parsed, &src) {
+        Ok(_) => panic!("1e6 overflows f16"),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("model.embed_tokens.weight") && err.contains("f16") && err.contains("inf"),
+        "{err}"
+    );
 }

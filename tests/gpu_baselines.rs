@@ -15,6 +15,7 @@
 
 use std::sync::OnceLock;
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::cuda::baselines::{
     capacity_moe, dense_ffn, expert_loop, route_tokens, router_logits,
 };
@@ -24,7 +25,7 @@ use dropless::cuda::routing::DeviceRouting;
 use dropless::cuda::{CudaBackend, DeviceTensor};
 use dropless::reference::activation::{gelu, silu};
 use dropless::reference::capacity::forward_routed;
-use dropless::reference::moe::{self, MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe;
 use dropless::reference::routing::Routing;
 use dropless::{Element, Error};
 use half::{bf16, f16};

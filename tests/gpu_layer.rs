@@ -3,9 +3,8 @@
 //! tolerance on each tensor's max-abs scale (both sides round every stored
 //! intermediate to the dtype; accumulation order differs).
 
+use dropless::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use dropless::layer::{Backend, DroplessMoe, LayerElement, Tensor};
-use dropless::reference::moe::{MlpKind, MoeConfig, MoeWeights};
-use dropless::reference::router_grad::AuxLossCoefficients;
 use dropless::Element;
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayD};
@@ -46,8 +45,8 @@ fn run<T: LayerElement>(config: MoeConfig, tokens: usize) {
         z_loss: 0.001,
     };
 
-    let mut cpu = DroplessMoe::new(config, weights.clone(), Backend::Cpu).unwrap();
-    let mut gpu = DroplessMoe::new(config, weights, Backend::Cuda(device)).unwrap();
+    let cpu = DroplessMoe::new(config, weights.clone(), Backend::Cpu).unwrap();
+    let gpu = DroplessMoe::new(config, weights, Backend::Cuda(device)).unwrap();
     let cpu_out = cpu.forward(&cpu.upload(x.view()).unwrap()).unwrap();
     let gpu_out = gpu.forward(&gpu.upload(x.view()).unwrap()).unwrap();
     let cpu_grads = cpu.backward(&cpu.upload(dy.view()).unwrap(), aux).unwrap();
@@ -142,4 +141,146 @@ fn gpu_layer_matches_cpu_layer_f16() {
     for (config, tokens) in configs() {
         run::<f16>(config, tokens);
     }
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn gpu_layer_refuses_block_sizes_the_kernels_lack() {
+    let Backend::Cuda(device) = Backend::auto().0 else {
+        panic!("a CUDA device with the kernels built is required");
+    };
+    let config = MoeConfig {
+        hidden: 64,
+        ffn: 128,
+        num_experts: 4,
+        top_k: 2,
+        mlp: MlpKind::Glu,
+        renormalize: true,
+        block_size: 64,
+    };
+    let weights = MoeWeights::<bf16>::random(&config, 1).unwrap();
+    let backend = Backend::Cuda(device);
+    let err = backend.check_config(&config).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dropless::Error::UnsupportedBlockSize { block_size: 64, .. }
+        ),
+        "{err}"
+    );
+    let err = DroplessMoe::new(config, weights, backend)
+        .err()
+        .expect("block size 64 must be refused on CUDA");
+    assert!(
+        matches!(
+            err,
+            dropless::Error::UnsupportedBlockSize { block_size: 64, .. }
+        ),
+        "{err}"
+    );
+}
+
+fn device() -> std::sync::Arc<dropless::cuda::CudaBackend> {
+    let Backend::Cuda(device) = Backend::auto().0 else {
+        panic!("a CUDA device with the kernels built is required");
+    };
+    device
+}
+
+fn small_config() -> MoeConfig {
+    MoeConfig {
+        hidden: 128,
+        ffn: 128,
+        num_experts: 4,
+        top_k: 2,
+        mlp: MlpKind::Glu,
+        renormalize: true,
+        block_size: 128,
+    }
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn gpu_layer_refuses_non_finite_weights_on_upload() {
+    let config = small_config();
+    let b = device();
+    let mut weights = MoeWeights::<bf16>::random(&config, 3).unwrap();
+    weights.w2[[130, 7]] = bf16::NAN;
+    let err = dropless::cuda::moe::DeviceMoeWeights::from_host(&b, &config, &weights)
+        .expect_err("NaN weights must be refused");
+    assert!(
+        matches!(&err, dropless::Error::NonFinite { what, row: 130, col: 7, .. } if what.contains("w2")),
+        "{err}"
+    );
+    let err = DroplessMoe::new(config, weights, Backend::Cuda(b))
+        .err()
+        .expect("NaN weights must be refused");
+    assert!(
+        matches!(
+            err,
+            dropless::Error::NonFinite {
+                row: 130,
+                col: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn gpu_layer_flags_non_finite_results_on_the_device() {
+    let config = small_config();
+    let layer = DroplessMoe::new(
+        config,
+        MoeWeights::<bf16>::random(&config, 5).unwrap(),
+        Backend::Cuda(device()),
+    )
+    .unwrap();
+    let aux = AuxLossCoefficients {
+        load_balancing: 0.01,
+        z_loss: 0.001,
+    };
+    // A finite batch: every flag reads finite.
+    let x = input::<bf16>(40, config.hidden, 1);
+    let out = layer.forward(&layer.upload(x.view()).unwrap()).unwrap();
+    out.finite.check(layer.backend()).unwrap();
+    let dy = input::<bf16>(40, config.hidden, 2);
+    let grads = layer
+        .backward(&layer.upload(dy.view()).unwrap(), aux)
+        .unwrap();
+    assert!(grads.finite.all_finite(layer.backend()).unwrap());
+
+    // A NaN in the upstream gradient: the gradients are flagged.
+    let mut bad = dy.clone();
+    bad[[7, 3]] = bf16::NAN;
+    let grads = layer
+        .backward(&layer.upload(bad.view()).unwrap(), aux)
+        .unwrap();
+    assert!(!grads.finite.all_finite(layer.backend()).unwrap());
+    assert!(matches!(
+        grads.finite.check(layer.backend()).unwrap_err(),
+        dropless::Error::NonFinite {
+            what: "the input gradient (dx)",
+            row: 7,
+            ..
+        }
+    ));
+
+    // Finite inputs whose products overflow: Ok from forward (no host
+    // sync), and the flag names the output.
+    let huge = Array2::from_elem((8, config.hidden), bf16::from_f32(1e30));
+    let out = layer.forward(&layer.upload(huge.view()).unwrap()).unwrap();
+    let err = out.finite.check(layer.backend()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dropless::Error::NonFinite {
+                what: "the layer output",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

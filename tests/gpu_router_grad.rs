@@ -15,6 +15,7 @@
 #[path = "common/gpu.rs"]
 mod gpu;
 
+use dropless::config::AuxLossCoefficients;
 use dropless::cuda::histogram::histogram;
 use dropless::cuda::router_grad::{
     load_balancing_loss, load_balancing_loss_into, route_backward, route_backward_into,
@@ -23,7 +24,7 @@ use dropless::cuda::router_grad::{
 use dropless::cuda::routing::{route, DeviceRouting};
 use dropless::cuda::DeviceTensor;
 use dropless::reference::loss as rl;
-use dropless::reference::router_grad::{self as rg, AuxLossCoefficients};
+use dropless::reference::router_grad as rg;
 use dropless::reference::routing::Routing;
 use dropless::{Element, Error};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
@@ -495,4 +496,48 @@ fn bad_shapes_are_rejected_before_launch() {
         router_z_loss(b, &flat),
         Err(Error::ShapeMismatch { .. })
     ));
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn masked_experts_get_no_gradient_and_no_loss() {
+    // A logit of -inf masks its expert: probability 0, never routed, zero
+    // logit gradient; the z-loss and the load-balancing loss match the
+    // reference, which treats -inf the same way.
+    let b = backend();
+    let (tokens, experts, top_k) = (70usize, 40usize, 4usize);
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut x = logits(&mut rng, tokens, experts);
+    for t in 0..tokens {
+        for e in 0..experts {
+            if (t + 3 * e) % 5 == 0 || e == 33 {
+                x[[t, e]] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    for renormalize in [false, true] {
+        let routed = route_on_device(&x, top_k, renormalize);
+        assert!(routed.host.expert_ids.iter().all(|&e| e != 33));
+        let aux = coefficients(&mut rng);
+        let grad_weights = Array2::from_shape_simple_fn((tokens, top_k), || signed_value(&mut rng));
+        let got = check_backward(&x, &routed, &grad_weights, renormalize, aux);
+        for t in 0..tokens {
+            for e in 0..experts {
+                if x[[t, e]] == f32::NEG_INFINITY {
+                    assert_eq!(routed.host.probs[[t, e]], 0.0);
+                    assert_eq!(got[t * experts + e], 0.0, "dlogits[{t}, {e}]");
+                }
+            }
+        }
+        let z = router_z_loss(b, &upload2(x.view())).unwrap();
+        assert_loss(&z, rl::router_z_loss(x.view()).unwrap(), "masked z-loss");
+        let lbl = load_balancing_loss(b, &routed.device.probs, &routed.counts, top_k).unwrap();
+        let want = rl::load_balancing_loss(
+            routed.host.probs.view(),
+            routed.host.expert_ids.view(),
+            experts,
+        )
+        .unwrap();
+        assert_loss(&lbl, want, "masked load-balancing loss");
+    }
 }

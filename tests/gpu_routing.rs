@@ -56,16 +56,27 @@ fn logits(rng: &mut StdRng, tokens: usize, experts: usize, discrete: bool) -> Ar
     })
 }
 
-/// Expert ids `[tokens, top_k]` drawn from a random subset of the experts,
-/// so some experts get no tokens (repeats within a token allowed).
+/// Expert ids `[tokens, top_k]` drawn from a random subset of at least
+/// `top_k` experts, so some experts get no tokens; distinct within each
+/// token, as a router's top-k.
 fn expert_ids(rng: &mut StdRng, tokens: usize, top_k: usize, experts: usize) -> Array2<i32> {
-    let active: Vec<i32> = (0..experts as i32).filter(|_| rng.gen_bool(0.7)).collect();
-    let active = if active.is_empty() {
-        vec![rng.gen_range(0..experts as i32)]
-    } else {
-        active
-    };
-    Array2::from_shape_simple_fn((tokens, top_k), || active[rng.gen_range(0..active.len())])
+    let mut active: Vec<i32> = (0..experts as i32).filter(|_| rng.gen_bool(0.7)).collect();
+    for e in 0..experts as i32 {
+        if active.len() >= top_k {
+            break;
+        }
+        if !active.contains(&e) {
+            active.push(e);
+        }
+    }
+    let mut ids = Array2::zeros((tokens, top_k));
+    for mut row in ids.rows_mut() {
+        let chosen = rand::seq::index::sample(rng, active.len(), top_k);
+        for (slot, i) in row.iter_mut().zip(chosen.iter()) {
+            *slot = active[i];
+        }
+    }
+    ids
 }
 
 /// Asserts `|got - want| <= tol * (|want| + scale)` elementwise, `scale` the
@@ -452,14 +463,16 @@ fn route_flags_the_first_non_finite_logit() {
     let weights = got.weights.to_array2(backend()).unwrap();
     assert!(ids.iter().all(|&e| (0..experts as i32).contains(&e)));
     let mut clean = x.clone();
-    for bad in [7, 30, 41] {
+    for bad in [7, 41] {
         clean.row_mut(bad).fill(0.0);
         assert!(weights.row(bad).iter().all(|w| w.is_nan()));
     }
+    // Token 30's -inf only masks expert 0: it routes like the reference.
     let want = rr::route(clean.view(), k, true).unwrap();
-    for t in (0..tokens).filter(|t| ![7, 30, 41].contains(t)) {
+    for t in (0..tokens).filter(|t| ![7, 41].contains(t)) {
         assert_eq!(ids.row(t), want.expert_ids.row(t), "token {t}");
     }
+    assert!(ids.row(30).iter().all(|&e| e != 0));
 
     // A single NaN, and a clean batch afterwards on the same outputs.
     let mut x = logits(&mut rng, 3, 8, true);
@@ -652,4 +665,210 @@ fn bad_shapes_are_rejected_before_launch() {
         topology(b, &padded, 4, 2, 100, BLOCK),
         Err(Error::InvalidConfig(_))
     ));
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn out_of_range_ids_contribute_nothing() {
+    // Ids uploaded from the host may lie outside 0..experts (the device
+    // router never writes such ids; the reference rejects them with
+    // ExpertOutOfRange). On the device they are not counted, sort past the
+    // last bin, and the scatter and the weight gradient skip them: the
+    // result is the reference's for the same batch with those slots given
+    // weight 0, and their weight gradient is 0. (Before positions started at
+    // -1, such a slot read padded row 0, expert 0's first token.)
+    let b = backend();
+    let (tokens, experts, k, hidden) = (37usize, 4usize, 2usize, 64usize);
+    let mut ids = Array2::from_shape_fn((tokens, k), |(t, j)| ((t + j) % experts) as i32);
+    let invalid = [(0, 1, -1), (5, 0, 4), (17, 1, i32::MAX), (36, 0, i32::MIN)];
+    for &(t, j, id) in &invalid {
+        ids[[t, j]] = id;
+    }
+    let is_invalid = |t: usize, j: usize| invalid.iter().any(|&(it, ij, _)| (it, ij) == (t, j));
+    let mut rng = StdRng::seed_from_u64(31);
+    let x: Array2<f32> = matrix(&mut rng, tokens, hidden);
+    let g: Array2<f32> = matrix(&mut rng, tokens, hidden);
+    let w = Array2::from_shape_simple_fn((tokens, k), || rng.gen_range(0.1f32..=1.0));
+
+    // The reference batch: each invalid slot takes the valid expert that its
+    // token's other slot does not hold, with weight 0.
+    let mut ref_ids = ids.clone();
+    let mut ref_w = w.clone();
+    for &(t, j, _) in &invalid {
+        let other = ids[[t, 1 - j]];
+        ref_ids[[t, j]] = (0..experts as i32).find(|&e| e != other).unwrap();
+        ref_w[[t, j]] = 0.0;
+    }
+    let (r_idx, r_bins, r_pad, _) = reference_layout(ref_ids.view(), experts);
+    let r_gathered =
+        rp::padded_gather(x.view(), r_idx.view(), r_bins.view(), r_pad.view(), None, k).unwrap();
+    let want_out = rp::padded_scatter(
+        r_gathered.view(),
+        r_idx.view(),
+        r_bins.view(),
+        r_pad.view(),
+        Some(ref_w.view()),
+        k,
+    )
+    .unwrap();
+    let want_dw = rp::padded_scatter_weight_grad(
+        g.view(),
+        r_gathered.view(),
+        r_idx.view(),
+        r_bins.view(),
+        r_pad.view(),
+        k,
+    )
+    .unwrap();
+
+    let d_ids = upload2(ids.view());
+    let counts = histogram(b, &d_ids, experts).unwrap();
+    let valid: Vec<i32> = (0..experts as i32)
+        .map(|e| ids.iter().filter(|&&id| id == e).count() as i32)
+        .collect();
+    assert_eq!(
+        counts.to_host(b).unwrap(),
+        valid,
+        "invalid ids are not counted"
+    );
+    let (indices, bin_ids) = sort_by_expert(b, &d_ids, experts).unwrap();
+    let bin_ids = bin_ids.to_host(b).unwrap();
+    assert!(bin_ids[tokens * k - invalid.len()..]
+        .iter()
+        .all(|&e| e == -1));
+    let bins = dropless::cuda::permute::inclusive_cumsum(b, &counts).unwrap();
+    let padded = dropless::cuda::permute::padded_bins(b, &counts, BLOCK).unwrap();
+    let gathered = dropless::cuda::permute::padded_gather(
+        b,
+        &upload2(x.view()),
+        &indices,
+        &bins,
+        &padded,
+        None,
+        k,
+    )
+    .unwrap();
+    let d_w = upload2(w.view());
+    let mut out = filled(&[tokens, hidden], f32::NAN);
+    padded_scatter_into(
+        b,
+        &gathered,
+        &indices,
+        &bins,
+        &padded,
+        Some(&d_w),
+        k,
+        &mut out,
+    )
+    .unwrap();
+    assert_close(
+        &out.to_host(b).unwrap(),
+        want_out.as_slice().unwrap(),
+        f32::DTYPE.rel_tolerance(),
+        "scatter with out-of-range ids",
+    );
+    let mut dw = filled(&[tokens, k], f32::NAN);
+    padded_scatter_weight_grad_into(
+        b,
+        &upload2(g.view()),
+        &gathered,
+        &indices,
+        &bins,
+        &padded,
+        k,
+        &mut dw,
+    )
+    .unwrap();
+    let dw = dw.to_array2(b).unwrap();
+    for t in 0..tokens {
+        for j in 0..k {
+            if is_invalid(t, j) {
+                assert_eq!(dw[[t, j]], 0.0, "dw[{t}, {j}] of an out-of-range id");
+            } else {
+                let (gv, wv) = (dw[[t, j]], want_dw[[t, j]]);
+                assert!(
+                    (gv - wv).abs() <= 1e-4 * (wv.abs() + 1.0),
+                    "dw[{t}, {j}]: {gv} vs {wv}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "requires a CUDA device"]
+fn route_masks_minus_inf_and_flags_too_few_experts() {
+    // -inf masks an expert on the device as in the reference: probability 0,
+    // never chosen (also against an expert whose finite logit underflows to
+    // probability 0), and a token with fewer than k routable experts is
+    // flagged as the reference's TooFewExperts.
+    let mut rng = StdRng::seed_from_u64(8);
+    for (tokens, experts, k) in [(60, 8, 2), (33, 64, 4), (5, 300, 8)] {
+        let mut x = logits(&mut rng, tokens, experts, true);
+        for t in 0..tokens {
+            for e in 0..experts {
+                if (t * 7 + e * 3) % 4 == 0 && e >= k {
+                    x[[t, e]] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        // Token 0: expert 0 masked, expert 1 far below the rest (probability
+        // 0 in f32) yet routable, the rest masked but k - 1 experts.
+        x.row_mut(0).fill(f32::NEG_INFINITY);
+        x[[0, 1]] = -200.0;
+        for e in 2..=k {
+            x[[0, e]] = 1.0;
+        }
+        for renormalize in [false, true] {
+            check_route_logits(&x, k, renormalize);
+            let ids = route_poisoned(&x, k, renormalize)
+                .expert_ids
+                .to_array2(backend())
+                .unwrap();
+            let mut row0: Vec<i32> = ids.row(0).to_vec();
+            row0.sort_unstable();
+            assert_eq!(row0, (1..=k as i32).collect::<Vec<_>>());
+        }
+        // Token 3 keeps k - 1 routable experts; the last token holds a NaN.
+        x.row_mut(3).fill(f32::NEG_INFINITY);
+        for e in 0..k - 1 {
+            x[[3, e]] = 0.5;
+        }
+        x[[tokens - 1, 1]] = f32::NAN;
+        let want = rr::route(x.view(), k, false).unwrap_err();
+        assert_eq!(
+            want,
+            Error::TooFewExperts {
+                token: 3,
+                routable: k - 1,
+                needed: k
+            }
+        );
+        let got = route_poisoned(&x, k, false);
+        assert_eq!(got.check_finite(backend()).unwrap_err(), want);
+        let weights = got.weights.to_array2(backend()).unwrap();
+        assert!(weights.row(3).iter().all(|w| w.is_nan()));
+    }
+}
+
+/// The device router on `x` (which may hold -inf masks) against the
+/// reference: exact ids (discrete logits), probabilities and weights to f32
+/// tolerance.
+fn check_route_logits(x: &Array2<f32>, top_k: usize, renormalize: bool) {
+    let want = rr::route(x.view(), top_k, renormalize).unwrap();
+    let got = route_poisoned(x, top_k, renormalize);
+    got.check_finite(backend()).unwrap();
+    let tol = f32::DTYPE.rel_tolerance();
+    let probs = got.probs.to_array2(backend()).unwrap();
+    for (g, w) in probs.iter().zip(&want.probs) {
+        assert!((g - w).abs() <= tol * w + 1e-9, "probs: {g} vs {w}");
+    }
+    assert_eq!(
+        got.expert_ids.to_array2(backend()).unwrap(),
+        want.expert_ids
+    );
+    let weights = got.weights.to_array2(backend()).unwrap();
+    for (g, w) in weights.iter().zip(&want.weights) {
+        assert!((g - w).abs() <= tol * w + 1e-9, "weights: {g} vs {w}");
+    }
 }

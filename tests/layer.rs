@@ -1,10 +1,10 @@
 //! The layer API on the CPU backend: it is the reference forward and backward,
 //! and misuse returns typed errors.
 
+use dropless::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use dropless::layer::{Backend, DroplessMoe, Tensor};
 use dropless::reference::backward::backward;
-use dropless::reference::moe::{forward_train, MlpKind, MoeConfig, MoeWeights};
-use dropless::reference::router_grad::AuxLossCoefficients;
+use dropless::reference::moe::forward_train;
 use dropless::Error;
 use ndarray::{Array2, Ix2};
 
@@ -44,7 +44,7 @@ fn cpu_layer_is_the_reference_forward_and_backward() {
             load_balancing: 0.01,
             z_loss: 0.001,
         };
-        let mut layer = DroplessMoe::new(cfg, weights.clone(), Backend::Cpu).unwrap();
+        let layer = DroplessMoe::new(cfg, weights.clone(), Backend::Cpu).unwrap();
         let out = layer.forward(&layer.upload(x.view()).unwrap()).unwrap();
         let dy = input(45, cfg.hidden).mapv(|v| v * 0.5 + 0.1);
         let grads = layer
@@ -78,7 +78,7 @@ fn cpu_layer_is_the_reference_forward_and_backward() {
 #[test]
 fn backward_before_forward_is_an_error() {
     let cfg = config(MlpKind::Glu);
-    let mut layer = DroplessMoe::new(
+    let layer = DroplessMoe::new(
         cfg,
         MoeWeights::<f32>::random(&cfg, 1).unwrap(),
         Backend::Cpu,
@@ -94,7 +94,7 @@ fn backward_before_forward_is_an_error() {
 #[test]
 fn wrong_shapes_are_errors() {
     let cfg = config(MlpKind::Plain);
-    let mut layer = DroplessMoe::new(
+    let layer = DroplessMoe::new(
         cfg,
         MoeWeights::<f32>::random(&cfg, 1).unwrap(),
         Backend::Cpu,
@@ -123,4 +123,72 @@ fn weights_that_do_not_fit_the_config_are_rejected() {
         DroplessMoe::new(cfg, weights, Backend::Cpu),
         Err(Error::InvalidConfig(_))
     ));
+}
+
+#[test]
+fn forward_and_download_in_one_line() {
+    // forward takes &self, so the common one-liner borrows cleanly.
+    let cfg = config(MlpKind::Glu);
+    let layer = DroplessMoe::new(
+        cfg,
+        MoeWeights::<f32>::random(&cfg, 2).unwrap(),
+        Backend::Cpu,
+    )
+    .unwrap();
+    let x = layer.upload(input(9, cfg.hidden).view()).unwrap();
+    let y = layer.download(&layer.forward(&x).unwrap().output).unwrap();
+    assert_eq!(y.shape(), &[9, cfg.hidden]);
+    // What download returns uploads again (e.g. as the upstream gradient).
+    let grads = layer
+        .backward(
+            &layer.upload(y.view()).unwrap(),
+            AuxLossCoefficients::default(),
+        )
+        .unwrap();
+    assert_eq!(as2(&grads.x, &layer).dim(), (9, cfg.hidden));
+}
+
+#[test]
+fn backward_says_whether_every_gradient_is_finite() {
+    let cfg = config(MlpKind::Glu);
+    let layer = DroplessMoe::new(
+        cfg,
+        MoeWeights::<f32>::random(&cfg, 4).unwrap(),
+        Backend::Cpu,
+    )
+    .unwrap();
+    let aux = AuxLossCoefficients {
+        load_balancing: 0.01,
+        z_loss: 0.001,
+    };
+    layer
+        .forward(&layer.upload(input(12, cfg.hidden).view()).unwrap())
+        .unwrap();
+    let dy = input(12, cfg.hidden);
+    let grads = layer
+        .backward(&layer.upload(dy.view()).unwrap(), aux)
+        .unwrap();
+    assert!(grads.finite.all_finite(layer.backend()).unwrap());
+    grads.finite.check(layer.backend()).unwrap();
+
+    // A NaN in the upstream gradient poisons the gradients: the batch is
+    // flagged (GLaM skips its update), with the first tensor named.
+    let mut bad = dy.clone();
+    bad[[5, 3]] = f32::NAN;
+    let grads = layer
+        .backward(&layer.upload(bad.view()).unwrap(), aux)
+        .unwrap();
+    assert!(!grads.finite.all_finite(layer.backend()).unwrap());
+    let err = grads.finite.check(layer.backend()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                what: "the input gradient (dx)",
+                row: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

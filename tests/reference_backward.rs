@@ -6,10 +6,11 @@
 #[path = "common/skew.rs"]
 mod skew;
 
+use dropless::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use dropless::error::Error;
 use dropless::reference::backward::{backward, MoeGradients};
-use dropless::reference::moe::{forward, forward_train, MlpKind, MoeConfig, MoeWeights};
-use dropless::reference::router_grad::{route_backward, AuxLossCoefficients};
+use dropless::reference::moe::{forward, forward_train};
+use dropless::reference::router_grad::route_backward;
 use dropless::reference::routing::route;
 use half::bf16;
 use ndarray::{Array2, ArrayView2};

@@ -5,9 +5,10 @@
 #[path = "common/skew.rs"]
 mod skew;
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::activation::{gelu, gelu_grad, silu, silu_grad};
 use dropless::reference::loss::{load_balancing_loss, router_z_loss};
-use dropless::reference::moe::{forward, MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe::forward;
 use dropless::reference::permute::{
     histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter,
     padded_scatter_weight_grad, sort_by_expert,
@@ -37,9 +38,17 @@ fn random_matrix(rng: &mut StdRng, rows: usize, cols: usize) -> Array2<f32> {
     Array2::from_shape_simple_fn((rows, cols), || random_value(rng))
 }
 
-/// Random expert ids `[tokens, top_k]` in `0..experts` (repeats allowed).
+/// Random expert ids `[tokens, top_k]` in `0..experts`, distinct within each
+/// token (as a router's top-k).
 fn random_ids(rng: &mut StdRng, tokens: usize, top_k: usize, experts: usize) -> Array2<i32> {
-    Array2::from_shape_simple_fn((tokens, top_k), || rng.gen_range(0..experts as i32))
+    let mut ids = Array2::zeros((tokens, top_k));
+    for mut row in ids.rows_mut() {
+        let chosen = rand::seq::index::sample(rng, experts, top_k);
+        for (slot, e) in row.iter_mut().zip(chosen.iter()) {
+            *slot = e as i32;
+        }
+    }
+    ids
 }
 
 /// Random routing weights `[tokens, top_k]` in [0.1, 1].

@@ -2,7 +2,8 @@
 //! (single file or sharded with `model.safetensors.index.json`) and an
 //! in-memory map for the built-in demo model. Tensors are converted from
 //! their stored dtype (f32, f16, bf16) to the run dtype one at a time, so the
-//! only full copy of the weights is the model's own.
+//! only full copy of the weights is the model's own. Every tensor is checked
+//! to be finite in the run dtype.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,6 +37,36 @@ fn check_shape(name: &str, found: &[usize], want: &[usize]) -> Result<()> {
             format!("has shape {found:?}, expected {want:?} from config.json"),
         ))
     }
+}
+
+/// Checks that every value of tensor `name` (of `shape`) is finite once
+/// converted to `T`: NaN or infinity from a corrupt checkpoint, or a value
+/// that overflows the run dtype, would otherwise give NaN logits with no
+/// error. The error names the tensor and the index (row, column, ...).
+fn check_finite<T: Element>(name: &str, shape: &[usize], values: &[T]) -> Result<()> {
+    let Some(flat) = values.iter().position(|v| !v.to_f32().is_finite()) else {
+        return Ok(());
+    };
+    let mut index = vec![0; shape.len()];
+    let mut rest = flat;
+    for (i, &dim) in index.iter_mut().zip(shape).rev() {
+        *i = rest % dim.max(1);
+        rest /= dim.max(1);
+    }
+    let position = match index[..] {
+        [row, col] => format!("row {row}, column {col}"),
+        _ => format!("index {index:?}"),
+    };
+    Err(ModelError::tensor(
+        name,
+        format!(
+            "holds {} at {position} as {}: the checkpoint is corrupt, or its value overflows {} \
+             (a wider --dtype may hold it)",
+            values[flat].to_f32(),
+            T::DTYPE,
+            T::DTYPE
+        ),
+    ))
 }
 
 /// One memory-mapped safetensors file with its parsed header.
@@ -171,7 +202,9 @@ impl TensorSource for Checkpoint {
         let bytes = shard.mmap.get(base + start..base + end).ok_or_else(|| {
             ModelError::tensor(name, format!("data lies outside {}", shard.path.display()))
         })?;
-        convert(name, info.dtype, bytes)
+        let values = convert(name, info.dtype, bytes)?;
+        check_finite(name, shape, &values)?;
+        Ok(values)
     }
 }
 
@@ -199,6 +232,8 @@ impl TensorSource for MemorySource {
             .get(name)
             .ok_or_else(|| ModelError::tensor(name, "is missing"))?;
         check_shape(name, found, shape)?;
-        Ok(data.iter().map(|&v| T::from_f32(v)).collect())
+        let values: Vec<T> = data.iter().map(|&v| T::from_f32(v)).collect();
+        check_finite(name, shape, &values)?;
+        Ok(values)
     }
 }

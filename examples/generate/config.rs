@@ -75,6 +75,9 @@ pub struct ModelConfig {
     pub dense_ffn: usize,
     /// Qwen2-MoE's `shared_expert_intermediate_size`.
     pub shared_expert_ffn: Option<usize>,
+    /// `max_position_embeddings`: the longest sequence the model was made
+    /// for, when the config sets it.
+    pub max_position_embeddings: Option<usize>,
 }
 
 /// Reads a required non-negative integer field.
@@ -348,6 +351,7 @@ impl ModelConfig {
                 Family::Qwen2Moe => Some(usize_field(v, "shared_expert_intermediate_size")?),
                 _ => None,
             },
+            max_position_embeddings: opt_usize(v, "max_position_embeddings")?,
         })
     }
 }

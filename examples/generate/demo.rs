@@ -28,13 +28,21 @@ impl DemoSize {
             _ => None,
         }
     }
+
+    /// The name `--demo` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoSize::Small => "small",
+            DemoSize::Mixtral2L => "mixtral-2l",
+        }
+    }
 }
 
 /// The demo model's `config.json`.
 pub fn config_json(size: DemoSize) -> Value {
-    let (vocab, hidden, layers, heads, kv_heads, ffn) = match size {
-        DemoSize::Small => (512, 128, 4, 8, 4, 256),
-        DemoSize::Mixtral2L => (32000, 4096, 2, 32, 8, 14336),
+    let (vocab, hidden, layers, heads, kv_heads, ffn, positions) = match size {
+        DemoSize::Small => (512, 128, 4, 8, 4, 256, 4096),
+        DemoSize::Mixtral2L => (32000, 4096, 2, 32, 8, 14336, 32768),
     };
     json!({
         "model_type": "mixtral",
@@ -49,6 +57,7 @@ pub fn config_json(size: DemoSize) -> Value {
         "intermediate_size": ffn,
         "rms_norm_eps": 1e-5,
         "rope_theta": 1e6,
+        "max_position_embeddings": positions,
         "hidden_act": "silu",
         "tie_word_embeddings": false
     })

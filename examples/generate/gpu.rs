@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dropless::config::{MoeConfig, MoeWeights};
 use dropless::cuda::gemm::{matmul, matmul_into, GemmElement};
 use dropless::cuda::lm::{
     add, add_bias, argmax_rows, attention_cached, clamp, embedding, rms_norm, rope, sigmoid_scale,
@@ -17,7 +18,6 @@ use dropless::cuda::lm::{
 use dropless::cuda::moe::{forward_train, DeviceMoeWeights};
 use dropless::cuda::sparse_ops::MmaElement;
 use dropless::cuda::{CudaBackend, DeviceTensor};
-use dropless::reference::moe::{MoeConfig, MoeWeights};
 use dropless::topology::DEFAULT_BLOCK_SIZE;
 use ndarray::{Array1, Array2, Array3};
 

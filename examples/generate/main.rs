@@ -22,37 +22,36 @@
 //! `--max-new-tokens` tokens (no stop on end-of-sequence).
 
 mod checkpoint;
+mod cli;
 mod config;
 mod demo;
 mod error;
 mod gpu;
+mod memory;
 mod model;
 mod npy;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use demo::DemoSize;
 use dropless::cuda::CudaBackend;
 use dropless::layer::Backend;
+use dropless::memory::available_host_memory;
 use dropless::{DType, Element};
 use half::{bf16, f16};
 use ndarray::Array3;
 
 use crate::checkpoint::{Checkpoint, TensorSource};
+use crate::cli::{
+    check_positions, decode_note, header_lines, parse_args, random_prompts, sequence_line, Args,
+    Command, DeviceChoice, USAGE,
+};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gpu::{GpuElement, GpuModel};
 use crate::model::{Generation, Model};
-
-/// The `--device` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda,
-}
 
 /// The device the model runs on.
 #[derive(Debug, Clone)]
@@ -154,128 +153,6 @@ impl<T: GpuElement> LanguageModel for GpuModel<T> {
     }
 }
 
-/// The parsed command line.
-struct Args {
-    model: Option<PathBuf>,
-    prompt_ids: Vec<Vec<u32>>,
-    prompt: Option<String>,
-    max_new_tokens: usize,
-    device: DeviceChoice,
-    /// `None`: f32 on the CPU, bf16 on the GPU.
-    dtype: Option<DType>,
-    logits_out: Option<PathBuf>,
-    demo: DemoSize,
-    /// `--random-prompt BATCH,LEN`: deterministic pseudo-random prompts.
-    random_prompt: Option<(usize, usize)>,
-}
-
-const USAGE: &str = "usage: generate [--model DIR] [--prompt-ids 1,2,3 [--prompt-ids 4,5,6 ...]] \
-[--prompt TEXT] [--random-prompt BATCH,LEN] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
-[--logits-out FILE.npy] [--demo small|mixtral-2l]";
-
-/// Parses `1,2,3` into token ids.
-fn parse_ids(v: &str) -> Result<Vec<u32>> {
-    v.split(',')
-        .map(|t| {
-            t.trim().parse::<u32>().map_err(|_| {
-                ModelError::Input(format!(
-                    "--prompt-ids takes comma-separated token ids, found `{t}` in `{v}`"
-                ))
-            })
-        })
-        .collect()
-}
-
-fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args> {
-    let mut args = Args {
-        model: None,
-        prompt_ids: Vec::new(),
-        prompt: None,
-        max_new_tokens: 16,
-        device: DeviceChoice::Auto,
-        dtype: None,
-        logits_out: None,
-        demo: DemoSize::Small,
-        random_prompt: None,
-    };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| ModelError::Input(format!("{flag} needs a value ({USAGE})")))
-        };
-        match flag.as_str() {
-            "--model" => args.model = Some(PathBuf::from(value()?)),
-            "--prompt-ids" => args.prompt_ids.push(parse_ids(&value()?)?),
-            "--prompt" => args.prompt = Some(value()?),
-            "--max-new-tokens" => {
-                let v = value()?;
-                args.max_new_tokens = v.parse().map_err(|_| {
-                    ModelError::Input(format!(
-                        "--max-new-tokens takes a non-negative integer, found {v}"
-                    ))
-                })?;
-            }
-            "--device" => {
-                args.device = match value()?.as_str() {
-                    "auto" => DeviceChoice::Auto,
-                    "cpu" => DeviceChoice::Cpu,
-                    "cuda" => DeviceChoice::Cuda,
-                    v => {
-                        return Err(ModelError::Input(format!(
-                            "--device takes auto, cpu or cuda, found {v}"
-                        )))
-                    }
-                }
-            }
-            "--dtype" => {
-                args.dtype = Some(match value()?.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
-                    v => {
-                        return Err(ModelError::Input(format!(
-                            "--dtype takes f32, bf16 or f16, found {v}"
-                        )))
-                    }
-                })
-            }
-            "--logits-out" => args.logits_out = Some(PathBuf::from(value()?)),
-            "--demo" => {
-                let v = value()?;
-                args.demo = DemoSize::parse(&v).ok_or_else(|| {
-                    ModelError::Input(format!("--demo takes small or mixtral-2l, found {v}"))
-                })?;
-            }
-            "--random-prompt" => {
-                let v = value()?;
-                let shape = v
-                    .split_once(',')
-                    .and_then(|(b, l)| Some((b.trim().parse().ok()?, l.trim().parse().ok()?)))
-                    .filter(|&(b, l): &(usize, usize)| b > 0 && l > 0);
-                args.random_prompt = Some(shape.ok_or_else(|| {
-                    ModelError::Input(format!(
-                        "--random-prompt takes BATCH,LEN (positive integers), found {v}"
-                    ))
-                })?);
-            }
-            "-h" | "--help" => return Err(ModelError::Input(USAGE.into())),
-            other => return Err(ModelError::Input(format!("unknown flag {other} ({USAGE})"))),
-        }
-    }
-    let sources = [
-        args.prompt.is_some(),
-        !args.prompt_ids.is_empty(),
-        args.random_prompt.is_some(),
-    ];
-    if sources.iter().filter(|&&s| s).count() > 1 {
-        return Err(ModelError::Input(
-            "pass one of --prompt, --prompt-ids or --random-prompt".into(),
-        ));
-    }
-    Ok(args)
-}
-
 /// Reads and parses `dir/config.json`.
 fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("config.json");
@@ -291,23 +168,6 @@ fn tokenizer(dir: Option<&Path>) -> Result<tokenizers::Tokenizer> {
     let path = dir.join("tokenizer.json");
     tokenizers::Tokenizer::from_file(&path)
         .map_err(|e| ModelError::file(&path, format!("cannot load the tokenizer: {e}")))
-}
-
-/// `batch` prompts of `len` ids in `1..vocab`, the same on every run.
-fn random_prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    (0..batch)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (1 + state % (vocab.max(2) as u64 - 1)) as u32
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// The prompts of the command line (tokenized `--prompt`, `--prompt-ids`,
@@ -331,23 +191,28 @@ fn prompts(args: &Args, vocab: usize) -> Result<(Vec<Vec<u32>>, Option<tokenizer
     Ok((vec![enc.get_ids().to_vec()], Some(tok)))
 }
 
+/// What a run feeds the model and how it reports, fixed before loading.
+struct Job<'a> {
+    args: &'a Args,
+    prompts: Vec<Vec<u32>>,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    /// The demo size when the built-in demo model runs.
+    demo: Option<DemoSize>,
+}
+
 /// Runs the prompts through `model` and prints the results.
-fn run(
-    args: &Args,
-    device: &Device,
-    dtype: DType,
-    vocab: usize,
-    model: &dyn LanguageModel,
-) -> Result<()> {
-    let (prompts, tok) = prompts(args, vocab)?;
+fn run(job: &Job, device: &Device, dtype: DType, model: &dyn LanguageModel) -> Result<()> {
+    let (args, prompts) = (job.args, &job.prompts);
     if let Some(path) = &args.logits_out {
-        npy::write(path, &model.logits(&prompts)?)?;
+        npy::write(path, &model.logits(prompts)?)?;
     }
-    let generation = model.generate(&prompts, args.max_new_tokens)?;
+    let generation = model.generate(prompts, args.max_new_tokens)?;
+    for line in header_lines(job.demo, prompts[0].len(), args.max_new_tokens) {
+        println!("{line}");
+    }
     for (b, seq) in generation.tokens.iter().enumerate() {
-        let ids: Vec<String> = seq.iter().map(u32::to_string).collect();
-        println!("sequence {b}: {}", ids.join(" "));
-        if let Some(tok) = &tok {
+        println!("{}", sequence_line(b, seq));
+        if let Some(tok) = &job.tokenizer {
             let text = tok
                 .decode(seq, true)
                 .map_err(|e| ModelError::Input(format!("cannot decode: {e}")))?;
@@ -368,72 +233,105 @@ fn run(
         generation.decode_secs,
         rate(decode_tokens, generation.decode_secs)
     );
+    if let Some(note) = decode_note(args.max_new_tokens) {
+        println!("{note}");
+    }
     println!("device: {device}, dtype {dtype}");
     Ok(())
 }
 
 /// Loads the model as `T` on the CPU and runs it.
-fn run_cpu<T: Element, S: TensorSource>(args: &Args, config: ModelConfig, src: &S) -> Result<()> {
-    let vocab = config.vocab_size;
+fn run_cpu<T: Element, S: TensorSource>(job: &Job, config: ModelConfig, src: &S) -> Result<()> {
     let model = Model::<T>::load(config, src)?;
-    run(args, &Device::Cpu, T::DTYPE, vocab, &model)
+    run(job, &Device::Cpu, T::DTYPE, &model)
 }
 
 /// Loads the model as `T`, uploads it to the GPU (dropping the host copy)
 /// and runs it.
 fn run_gpu<T: GpuElement, S: TensorSource>(
-    args: &Args,
+    job: &Job,
     backend: &Arc<CudaBackend>,
     config: ModelConfig,
     src: &S,
 ) -> Result<()> {
-    let vocab = config.vocab_size;
     let model = GpuModel::upload(Arc::clone(backend), Model::<T>::load(config, src)?)?;
-    run(
-        args,
-        &Device::Cuda(Arc::clone(backend)),
-        T::DTYPE,
-        vocab,
-        &model,
-    )
+    run(job, &Device::Cuda(Arc::clone(backend)), T::DTYPE, &model)
 }
 
-/// Picks the device for `config` and dispatches on the run dtype.
-fn run_on<S: TensorSource>(
-    args: &Args,
-    device: Device,
-    config: ModelConfig,
-    src: &S,
-) -> Result<()> {
-    match device.for_model(args.device, &config)? {
-        Device::Cpu => match args.dtype.unwrap_or(DType::F32) {
-            DType::F32 => run_cpu::<f32, S>(args, config, src),
-            DType::BF16 => run_cpu::<bf16, S>(args, config, src),
-            DType::F16 => run_cpu::<f16, S>(args, config, src),
-        },
-        Device::Cuda(backend) => match args.dtype.unwrap_or(DType::BF16) {
-            DType::BF16 => run_gpu::<bf16, S>(args, &backend, config, src),
-            DType::F16 => run_gpu::<f16, S>(args, &backend, config, src),
-            DType::F32 => Err(ModelError::Input(
-                "--dtype f32 runs on the CPU only; use --dtype bf16 or --device cpu".into(),
-            )),
-        },
+/// The run dtype on `device`: `--dtype`, else f32 on the CPU and bf16 on
+/// the GPU (which takes no f32).
+fn run_dtype(device: &Device, asked: Option<DType>) -> Result<DType> {
+    match (device, asked) {
+        (Device::Cpu, dtype) => Ok(dtype.unwrap_or(DType::F32)),
+        (Device::Cuda(_), Some(DType::F32)) => Err(ModelError::Input(
+            "--dtype f32 runs on the CPU only; use --dtype bf16 or --device cpu".into(),
+        )),
+        (Device::Cuda(_), dtype) => Ok(dtype.unwrap_or(DType::BF16)),
     }
 }
 
+/// Loads the model from `src` as `dtype` on `device` and runs `job`.
+fn run_on<S: TensorSource>(
+    job: &Job,
+    device: Device,
+    dtype: DType,
+    config: ModelConfig,
+    src: &S,
+) -> Result<()> {
+    match (device, dtype) {
+        (Device::Cpu, DType::F32) => run_cpu::<f32, S>(job, config, src),
+        (Device::Cpu, DType::BF16) => run_cpu::<bf16, S>(job, config, src),
+        (Device::Cpu, DType::F16) => run_cpu::<f16, S>(job, config, src),
+        (Device::Cuda(backend), DType::F16) => run_gpu::<f16, S>(job, &backend, config, src),
+        (Device::Cuda(backend), _) => run_gpu::<bf16, S>(job, &backend, config, src),
+    }
+}
+
+/// Reads the command line, settles the prompts, the device and the dtype,
+/// refuses runs that cannot work (too long for the model's positions, too
+/// big for the memory) before loading anything, then loads and runs.
 fn main_inner() -> Result<()> {
-    let args = parse_args(std::env::args().skip(1))?;
-    let device = Device::select(args.device, args.dtype)?;
-    match &args.model {
-        Some(dir) => {
-            let config = read_config(dir)?;
-            let src = Checkpoint::open(dir)?;
-            run_on(&args, device, config, &src)
+    let args = match parse_args(std::env::args().skip(1))? {
+        Command::Help => {
+            println!("{USAGE}");
+            return Ok(());
         }
+        Command::Run(args) => args,
+    };
+    let device = Device::select(args.device, args.dtype)?;
+    let config = match &args.model {
+        Some(dir) => read_config(dir)?,
+        None => ModelConfig::from_json(&demo::config_json(args.demo))?,
+    };
+    let (prompts, tokenizer) = prompts(&args, config.vocab_size)?;
+    let prompt_len = prompts.first().map_or(0, Vec::len);
+    check_positions(&config, prompt_len, args.max_new_tokens)?;
+    let device = device.for_model(args.device, &config)?;
+    let dtype = run_dtype(&device, args.dtype)?;
+    let plan = memory::Run {
+        dtype,
+        on_gpu: matches!(device, Device::Cuda(_)),
+        source_bytes: if args.model.is_none() { 4 } else { 0 },
+        batch: prompts.len(),
+        prompt_len,
+        max_new_tokens: args.max_new_tokens,
+    };
+    let device_free = match &device {
+        Device::Cuda(backend) => Some(backend.memory_info()?.0),
+        Device::Cpu => None,
+    };
+    memory::check(&config, &plan, available_host_memory(), device_free)?;
+    let job = Job {
+        args: &args,
+        prompts,
+        tokenizer,
+        demo: args.model.is_none().then_some(args.demo),
+    };
+    match &args.model {
+        Some(dir) => run_on(&job, device, dtype, config, &Checkpoint::open(dir)?),
         None => {
-            let config = ModelConfig::from_json(&demo::config_json(args.demo))?;
             let src = demo::weights(&config, 0x00D1_5EA5);
-            run_on(&args, device, config, &src)
+            run_on(&job, device, dtype, config, &src)
         }
     }
 }

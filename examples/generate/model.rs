@@ -8,8 +8,9 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::time::Instant;
 
+use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::lm::{add, attention, embedding, rms_norm, rope};
-use dropless::reference::moe::{self, MlpKind, MoeConfig, MoeWeights};
+use dropless::reference::moe;
 use dropless::topology::CPU_BLOCK_SIZES;
 use dropless::Element;
 use ndarray::{concatenate, s, Array1, Array2, Array3, Axis};

@@ -29,10 +29,10 @@ use super::permute::{inclusive_cumsum, sort_by_expert};
 use super::routing::{route, DeviceRouting};
 use super::{CudaBackend, DeviceTensor};
 use crate::checks::check_nonempty;
+use crate::config::{MlpKind, MoeConfig};
 use crate::dtype::DType;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::capacity::expert_capacity;
-use crate::reference::moe::{MlpKind, MoeConfig};
 
 /// Threads per CTA of the capacity kernels.
 const THREADS: usize = 256;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
@@ -75,6 +76,13 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// `(free, total)` bytes of device memory, from the driver (for sizing a
+    /// run before allocating it).
+    pub fn memory_info(&self) -> Result<(u64, u64)> {
+        let (free, total) = self.ctx.mem_get_info()?;
+        Ok((free as u64, total as u64))
+    }
+
     /// Waits for all work queued on the stream (for tests, benches and reads).
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize()?;
@@ -116,7 +124,9 @@ impl CudaBackend {
     }
 
     /// Looks up kernel `name` in `module`, loading the module once and
-    /// caching the function, so a launch costs one map lookup.
+    /// caching the function, so a launch costs one map lookup. A function of
+    /// a module with [`KernelModule::max_dynamic_shared_bytes`] gets that
+    /// limit when it is loaded (once, with the context bound).
     pub(crate) fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
         let fatbin = module.fatbin.ok_or(Error::KernelsNotBuilt)?;
         let key = (module.name, name.to_string());
@@ -135,6 +145,19 @@ impl CudaBackend {
             }
         };
         let f = loaded.load_function(name)?;
+        if module.max_dynamic_shared_bytes > 0 {
+            self.ctx.bind_to_thread()?;
+            let bytes = i32::try_from(module.max_dynamic_shared_bytes).map_err(|_| {
+                Error::Cuda(format!(
+                    "module {} asks for {} bytes of dynamic shared memory",
+                    module.name, module.max_dynamic_shared_bytes
+                ))
+            })?;
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes,
+            )?;
+        }
         self.functions
             .lock()
             .map_err(|_| poisoned())?

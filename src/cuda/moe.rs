@@ -29,10 +29,9 @@ use super::router_grad::{load_balancing_loss, route_backward, router_z_loss};
 use super::routing::{route, DeviceRouting};
 use super::sparse_ops::{dsd, sdd, MmaElement};
 use super::topology_build::topology;
-use super::{CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
+use super::{check_block_size, CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
+use crate::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use crate::error::{Error, Result};
-use crate::reference::moe::{MlpKind, MoeConfig, MoeWeights};
-use crate::reference::router_grad::AuxLossCoefficients;
 
 /// The weights of a dMoE layer on the device (same layout as [`MoeWeights`]).
 #[derive(Debug)]
@@ -48,13 +47,19 @@ pub struct DeviceMoeWeights<T> {
 }
 
 impl<T: MmaElement + GemmElement> DeviceMoeWeights<T> {
-    /// Uploads host weights after checking them against `config`.
+    /// Uploads host weights after checking `config` against the kernels
+    /// (its block size first: [`Error::UnsupportedBlockSize`]), the weights
+    /// against `config`, and that every weight is finite
+    /// ([`MoeWeights::check_finite`]: [`Error::NonFinite`] naming the
+    /// tensor, row and column).
     pub fn from_host(
         backend: &CudaBackend,
         config: &MoeConfig,
         weights: &MoeWeights<T>,
     ) -> Result<Self> {
+        check_block_size(config.block_size)?;
         weights.check(config)?;
+        weights.check_finite()?;
         let up = |m: &ndarray::Array2<T>| DeviceTensor::from_array(backend, m.view());
         Ok(DeviceMoeWeights {
             router: up(&weights.router)?,
@@ -122,7 +127,7 @@ fn check_forward<T: MmaElement + GemmElement>(
 ) -> Result<usize> {
     const OP: &str = "cuda::moe::forward";
     config.validate()?;
-    super::topology::check_block_size(config.block_size)?;
+    check_block_size(config.block_size)?;
     let rows = config.num_experts * config.ffn;
     let want = |name: &str, t: &DeviceTensor<T>, shape: [usize; 2]| {
         if t.shape() == shape {

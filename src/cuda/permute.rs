@@ -426,7 +426,10 @@ pub fn padded_bins_into(
     )
 }
 
-/// The padded row of every assignment: `[tokens * top_k]` i32.
+/// The padded row of every assignment: `[tokens * top_k]` i32, -1 for an
+/// assignment that no bin holds (an expert id outside `0..experts`, which
+/// sorts past the last bin), so that the scatter and the weight gradient
+/// skip it instead of reading padded row 0.
 fn positions(
     backend: &CudaBackend,
     indices: &DeviceTensor<i32>,
@@ -434,7 +437,7 @@ fn positions(
     padded_bins: &DeviceTensor<i32>,
     layout: &Layout,
 ) -> Result<DeviceTensor<i32>> {
-    let mut positions = DeviceTensor::<i32>::zeros(backend, &[layout.n])?;
+    let mut positions = DeviceTensor::minus_ones(backend, &[layout.n])?;
     let func = backend.function(PERMUTE, "dl_padded_positions")?;
     let (n_i32, e_i32) = (layout.n as i32, layout.experts as i32);
     let mut launch = backend.stream().launch_builder(&func);
@@ -559,6 +562,9 @@ pub fn padded_gather_into<T: DeviceElement + Element>(
 /// [`padded_gather`]). Returns `[tokens, h]`; each token's k rows are summed
 /// in slot order in f32 (deterministic). Computes the inverse map
 /// assignment -> padded row internally (one small extra kernel).
+/// Assignments that no bin holds (expert ids outside `0..experts`, uploaded
+/// from the host, which [`sort_by_expert`] puts past the last bin)
+/// contribute nothing.
 ///
 /// Errors: as [`padded_gather`].
 pub fn padded_scatter<T: DeviceElement + Element>(
@@ -630,7 +636,8 @@ pub fn padded_scatter_into<T: DeviceElement + Element>(
 
 /// Gradient of [`padded_scatter`] with respect to its weights:
 /// `dw[t, j] = <grad_out[t], y[row(t, j)]>` in f32, `[tokens, top_k]`; see
-/// [`crate::reference::permute::padded_scatter_weight_grad`].
+/// [`crate::reference::permute::padded_scatter_weight_grad`]. An assignment
+/// that no bin holds (see [`padded_scatter`]) gets 0.
 ///
 /// Errors: as [`padded_scatter`], plus [`Error::ShapeMismatch`] when the
 /// operands' widths differ.

@@ -15,8 +15,8 @@ use super::kernels::{launch_1d, ROUTER_GRAD};
 use super::routing::{lane_variant, DeviceRouting, MAX_ROUTER_EXPERTS};
 use super::{CudaBackend, DeviceTensor};
 use crate::checks::{check_router_dims, check_top_k};
+use crate::config::AuxLossCoefficients;
 use crate::error::{check_i32, product, Error, Result};
-use crate::reference::router_grad::AuxLossCoefficients;
 
 /// Threads per CTA of every kernel here (8 warps).
 const THREADS: u32 = 256;

@@ -4,6 +4,7 @@
 
 use cudarc::driver::PushKernelArg;
 
+use super::finite::{class_value, decode_status, Flagged};
 use super::kernels::{launch_1d, ROUTING};
 use super::{CudaBackend, DeviceTensor};
 use crate::checks::{check_nonempty, check_top_k};
@@ -19,20 +20,23 @@ const TOKENS_PER_CTA: usize = 8;
 /// The routing decision of a batch on the device.
 #[derive(Debug)]
 pub struct DeviceRouting {
-    /// `[tokens, experts]` f32: softmax of the logits over all experts (NaN
-    /// rows for tokens with a non-finite logit).
+    /// `[tokens, experts]` f32: softmax of the logits over all experts, 0
+    /// for an expert masked by a `-inf` logit (NaN rows for the tokens the
+    /// status flags).
     pub probs: DeviceTensor<f32>,
     /// `[tokens, top_k]` i32: chosen experts by descending probability (ties:
-    /// lower id first). Always in `0..experts`, also for non-finite rows
-    /// (which get `0..top_k`).
+    /// lower id first), never a masked one. Always in `0..experts`, also for
+    /// flagged rows (which get `0..top_k`).
     pub expert_ids: DeviceTensor<i32>,
     /// `[tokens, top_k]` f32: the chosen probabilities, renormalised to sum 1
-    /// when asked (NaN for non-finite rows).
+    /// when asked (NaN for flagged rows).
     pub weights: DeviceTensor<f32>,
-    /// `[2]` i32, one little-endian 64-bit word: 0 when every logit was
-    /// finite, else `((0x7fffffff - flat) << 2) | class` for the first
-    /// non-finite logit (lowest `flat = token * experts + expert`; class 0
-    /// NaN, 1 +inf, 2 -inf). Read it with [`DeviceRouting::check_finite`].
+    /// `[2]` i32, one little-endian 64-bit word: 0 when every token was
+    /// routed, else `((0x7fffffff - flat) << 2) | class` for the first bad
+    /// token: class 0 / 1 a NaN / `+inf` logit at `flat = token * experts +
+    /// expert` (its first), class 2 fewer than `top_k` experts above `-inf`
+    /// at `flat = token * experts + routable`. Read it with
+    /// [`DeviceRouting::check_finite`].
     pub status: DeviceTensor<i32>,
 }
 
@@ -54,47 +58,39 @@ impl DeviceRouting {
     }
 
     /// Reads the status word (the one documented host synchronisation of the
-    /// routing path) and returns [`Error::NonFinite`] naming the first
-    /// non-finite logit, if any.
+    /// routing path): [`Error::NonFinite`] naming the first NaN or `+inf`
+    /// logit, or [`Error::TooFewExperts`] for the first token with fewer
+    /// than `top_k` experts above `-inf`, whichever token comes first.
     pub fn check_finite(&self, backend: &CudaBackend) -> Result<()> {
         let words = self.status.to_host(backend)?;
         let num_experts = self.probs.shape().get(1).copied().unwrap_or(1);
-        match decode_status(&words, num_experts)? {
+        let top_k = self.expert_ids.shape().get(1).copied().unwrap_or(1);
+        match decode_status(&words)? {
             None => Ok(()),
-            Some((row, col, value)) => Err(Error::NonFinite {
-                what: "the router logits",
-                row,
-                col,
-                value,
-            }),
+            Some(flagged) => Err(router_error(flagged, num_experts, top_k)),
         }
     }
 }
 
-/// Decodes the router's status word into (token, expert, value) of the first
-/// non-finite logit, `None` when all were finite.
-fn decode_status(words: &[i32], num_experts: usize) -> Result<Option<(usize, usize, f32)>> {
-    let [lo, hi] = words[..] else {
-        return Err(Error::Cuda(format!(
-            "the router status holds {} words, expected 2",
-            words.len()
-        )));
-    };
-    let key = u64::from(lo as u32) | (u64::from(hi as u32) << 32);
-    if key == 0 {
-        return Ok(None);
+/// The error of a router status word: class 0 / 1 is a NaN / `+inf` logit
+/// at `flat = token * experts + expert`, class 2 a token with too few
+/// routable experts at `flat = token * experts + routable`.
+pub(crate) fn router_error(flagged: Flagged, num_experts: usize, top_k: usize) -> Error {
+    let experts = num_experts.max(1);
+    let (row, col) = (flagged.flat / experts, flagged.flat % experts);
+    match flagged.class {
+        2 => Error::TooFewExperts {
+            token: row,
+            routable: col,
+            needed: top_k,
+        },
+        class => Error::NonFinite {
+            what: "the router logits",
+            row,
+            col,
+            value: class_value(class),
+        },
     }
-    let encoded = key >> 2;
-    if encoded == 0 || encoded > 0x7fff_ffff || num_experts == 0 {
-        return Err(Error::Cuda(format!("corrupt router status word {key:#x}")));
-    }
-    let flat = (0x7fff_ffff - encoded) as usize;
-    let value = match key & 3 {
-        0 => f32::NAN,
-        1 => f32::INFINITY,
-        _ => f32::NEG_INFINITY,
-    };
-    Ok(Some((flat / num_experts, flat % num_experts, value)))
 }
 
 /// Checks the router's shapes; returns `(tokens, experts)`.
@@ -155,7 +151,9 @@ pub(super) fn lane_variant(stem: &str, experts: usize) -> String {
 /// Routes each token of `logits` (`[tokens, experts]` f32) to its `top_k`
 /// most probable experts; see [`crate::reference::routing::route`].
 ///
-/// Non-finite logits do not fail here (that would need a host sync): call
+/// A logit of `-inf` masks its expert (probability 0, never chosen), as in
+/// the reference. NaN or `+inf` logits and tokens with fewer than `top_k`
+/// routable experts do not fail here (that would need a host sync): call
 /// [`DeviceRouting::check_finite`] when the check is wanted.
 ///
 /// Errors: [`Error::ShapeMismatch`] unless logits are 2-D, [`Error::Empty`],
@@ -275,25 +273,24 @@ mod tests {
     }
 
     #[test]
-    fn status_decodes() {
-        assert_eq!(decode_status(&[0, 0], 8).unwrap(), None);
+    fn status_names_the_token() {
         // flat 19 = token 2, expert 3 with 8 experts; class 1 = +inf.
-        let key = ((0x7fff_ffffu64 - 19) << 2) | 1;
-        let words = [key as u32 as i32, (key >> 32) as u32 as i32];
+        let err = router_error(Flagged { flat: 19, class: 1 }, 8, 2);
+        assert!(matches!(
+            err,
+            Error::NonFinite { row: 2, col: 3, value, .. } if value == f32::INFINITY
+        ));
+        let err = router_error(Flagged { flat: 21, class: 0 }, 8, 2);
+        assert!(matches!(err, Error::NonFinite { row: 2, col: 5, value, .. } if value.is_nan()));
+        // Class 2: token 2 has 1 routable expert, top_k 2.
+        let err = router_error(Flagged { flat: 17, class: 2 }, 8, 2);
         assert_eq!(
-            decode_status(&words, 8).unwrap(),
-            Some((2, 3, f32::INFINITY))
+            err,
+            Error::TooFewExperts {
+                token: 2,
+                routable: 1,
+                needed: 2
+            }
         );
-        let key = (0x7fff_ffffu64 << 2) | 2;
-        let words = [key as u32 as i32, (key >> 32) as u32 as i32];
-        assert_eq!(
-            decode_status(&words, 8).unwrap(),
-            Some((0, 0, f32::NEG_INFINITY))
-        );
-        let nan = decode_status(&[4, 0], 8).unwrap().unwrap();
-        assert_eq!((nan.0, nan.1), (0x7fff_fffe / 8, 0x7fff_fffe % 8));
-        assert!(nan.2.is_nan());
-        assert!(decode_status(&[1], 8).is_err());
-        assert!(decode_status(&[3, 0], 8).is_err());
     }
 }

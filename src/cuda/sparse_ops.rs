@@ -16,11 +16,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
-use super::kernels::BLOCK_SPARSE;
+use super::kernels::{BLOCK_SPARSE, BLOCK_SPARSE_SMEM_BYTES};
 use super::topology::check_block_size;
 use super::DeviceTopology;
 use super::{CudaBackend, DeviceBlockSparse, DeviceElement, DeviceSparseView, DeviceTensor};
@@ -32,9 +31,9 @@ use crate::error::{check_i32, product, Error, Result};
 const THREADS: u32 = 256;
 /// Side of a CTA's output tile; must match `dl::bs::kTileM` / `kTileN`.
 const TILE: usize = 128;
-/// Dynamic shared memory of every kernel; must match `dl::bs::kSmemBytes`
-/// (4 stages x 2 operands x 128 x 32 x 2 bytes).
-const SMEM_BYTES: u32 = 65536;
+/// Dynamic shared memory of every kernel; must match `dl::bs::kSmemBytes`.
+/// The backend sets each kernel's limit to it once, when it loads the kernel.
+const SMEM_BYTES: u32 = BLOCK_SPARSE_SMEM_BYTES;
 /// Dense dimensions that index 16-byte rows must be multiples of this.
 const ALIGN: usize = 8;
 
@@ -236,13 +235,9 @@ fn check_values<T: DeviceElement>(op: &'static str, m: &DeviceBlockSparse<T>) ->
     Ok(())
 }
 
-/// Loads kernel `name` and lets it use [`SMEM_BYTES`] of dynamic shared memory.
+/// Kernel `name` for `T` (its [`SMEM_BYTES`] limit was set when it was loaded).
 fn kernel<T: MmaElement>(backend: &CudaBackend, name: &str) -> Result<CudaFunction> {
     let func = backend.function(BLOCK_SPARSE, &format!("dl_{name}_{}", T::SUFFIX))?;
-    func.set_attribute(
-        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        SMEM_BYTES as i32,
-    )?;
     Ok(func)
 }
 

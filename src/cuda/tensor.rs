@@ -1,6 +1,6 @@
 //! Typed device tensors: a shape, a dtype (the element type) and a buffer.
 
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use ndarray::{Array2, ArrayView2};
 
 use super::CudaBackend;
@@ -146,6 +146,29 @@ impl<T: DeviceElement> DeviceTensor<T> {
     /// The device buffer, mutably.
     pub fn slice_mut(&mut self) -> &mut CudaSlice<T> {
         &mut self.data
+    }
+}
+
+impl DeviceTensor<i32> {
+    /// A tensor of `shape` with every element -1, set on the device by a
+    /// stream-ordered memset (no host buffer, no host synchronisation): the
+    /// "absent" marker of index arrays.
+    pub fn minus_ones(backend: &CudaBackend, shape: &[usize]) -> Result<Self> {
+        let mut t = Self::zeros(backend, shape)?;
+        let stream = backend.stream();
+        backend.context().bind_to_thread()?;
+        let bytes = t.data.num_bytes();
+        {
+            let (ptr, _record) = t.data.device_ptr_mut(stream);
+            // SAFETY: `ptr` is the start of `t.data`, a live allocation of
+            // `bytes` bytes made on `stream`, and the memset is ordered on
+            // that same stream after the allocation's zero fill. All bytes
+            // 0xFF is the i32 value -1, a valid i32.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, stream.cu_stream())
+            }?;
+        }
+        Ok(t)
     }
 }
 

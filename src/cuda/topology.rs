@@ -41,8 +41,12 @@ pub struct DeviceTopology {
     pub(crate) block_offsets_t: DeviceTensor<i32>,
 }
 
-/// Checks a block size against the kernels'.
-pub(crate) fn check_block_size(block_size: usize) -> Result<()> {
+/// Checks a block size against the kernels' ([`CUDA_BLOCK_SIZES`]): every
+/// CUDA entry point that takes a block size (a layer configuration, a
+/// topology, the padded bins) runs this first, so an unsupported size is
+/// refused up front with [`Error::UnsupportedBlockSize`], whose message names
+/// the sizes to use. A pure function: it needs no device.
+pub fn check_block_size(block_size: usize) -> Result<()> {
     if !CUDA_BLOCK_SIZES.contains(&block_size) {
         return Err(Error::UnsupportedBlockSize {
             block_size,
@@ -164,12 +168,16 @@ impl DeviceTopology {
 
 /// The padded-token bound `tokens * top_k + experts * (block - 1)`, rounded
 /// down to a multiple of the block size, checked against i32 indexing.
+///
+/// Errors: [`Error::UnsupportedBlockSize`] unless `block_size` is one of
+/// [`CUDA_BLOCK_SIZES`], [`Error::IndexOverflow`].
 pub fn max_padded_tokens(
     tokens: usize,
     top_k: usize,
     num_experts: usize,
     block_size: usize,
 ) -> Result<usize> {
+    check_block_size(block_size)?;
     let bound = product(&[tokens, top_k]) + product(&[num_experts, block_size - 1]);
     let bound = bound / block_size as u128 * block_size as u128;
     check_i32("padded tokens bound", bound)?;

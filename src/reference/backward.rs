@@ -27,12 +27,13 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, Zip};
 
+use crate::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::reference::activation::{gelu_grad, silu, silu_grad};
-use crate::reference::moe::{require_w3, MlpKind, MoeConfig, MoeSaved, MoeWeights};
+use crate::reference::moe::{require_w3, MoeSaved};
 use crate::reference::permute::{padded_gather, padded_scatter, padded_scatter_weight_grad};
-use crate::reference::router_grad::{route_backward, AuxLossCoefficients};
+use crate::reference::router_grad::route_backward;
 use crate::reference::sparse_ops::{dsd, sdd};
 use crate::sparse::BlockSparse;
 

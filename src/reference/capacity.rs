@@ -19,10 +19,11 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2};
 
 use crate::checks::{check_nonempty, check_top_k};
+use crate::config::{MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
-use crate::reference::moe::{check_input, router_logits, MlpKind, MoeConfig, MoeWeights};
+use crate::reference::moe::{check_input, router_logits};
 use crate::reference::permute::{histogram, inclusive_cumsum, sort_by_expert};
 use crate::reference::routing::{route, Routing};
 

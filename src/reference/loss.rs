@@ -5,7 +5,7 @@ use ndarray::{ArrayView2, Axis};
 
 use crate::error::{Error, Result};
 use crate::reference::permute::histogram;
-use crate::reference::routing::{check_finite, check_router_matrix};
+use crate::reference::routing::{check_finite, check_router_logits, check_router_matrix};
 
 /// The load-balancing loss `E * sum_e f_e * P_e`, where `f_e` is the fraction
 /// of the `tokens * top_k` assignments routed to expert `e` and `P_e` the mean
@@ -54,11 +54,15 @@ pub fn load_balancing_loss(
 ///
 /// `logits` is `[tokens, experts]`.
 ///
+/// A logit of `-inf` (a masked expert) adds nothing to its token's
+/// logsumexp.
+///
 /// Errors: [`Error::Empty`], [`Error::IndexOverflow`], [`Error::NonFinite`]
-/// for a NaN or infinite logit.
+/// for a NaN or `+inf` logit, [`Error::TooFewExperts`] for a token whose
+/// logits are all `-inf`.
 pub fn router_z_loss(logits: ArrayView2<f32>) -> Result<f32> {
     check_router_matrix("router_z_loss", logits)?;
-    check_finite("the router logits", logits)?;
+    check_router_logits(logits, 1)?;
     let total: f32 = logits
         .rows()
         .into_iter()

@@ -39,6 +39,29 @@ fn check_expert_ids(
     Ok(())
 }
 
+/// Checks that no token lists one expert in two of its slots (ids already
+/// checked to lie in `0..num_experts`); the error names the token, the
+/// expert and both slots.
+fn check_distinct(expert_ids: ArrayView2<i32>, num_experts: usize) -> Result<()> {
+    // Per expert, the last (token, slot) that named it.
+    let mut last = vec![(usize::MAX, 0usize); num_experts];
+    for (token, row) in expert_ids.rows().into_iter().enumerate() {
+        for (slot, &expert) in row.iter().enumerate() {
+            let seen = &mut last[expert as usize];
+            if seen.0 == token {
+                return Err(Error::DuplicateExpert {
+                    token,
+                    expert: i64::from(expert),
+                    first: seen.1,
+                    second: slot,
+                });
+            }
+            *seen = (token, slot);
+        }
+    }
+    Ok(())
+}
+
 /// Number of assignments routed to each expert.
 ///
 /// `expert_ids` is `[tokens, top_k]`; returns `[num_experts]` counts that sum
@@ -61,13 +84,16 @@ pub fn histogram(expert_ids: ArrayView2<i32>, num_experts: usize) -> Result<Arra
 /// Returns `(indices, bin_ids)`, both `[tokens * top_k]`: `indices[i]` is the
 /// flat assignment `t * top_k + j` of the i-th sorted assignment and
 /// `bin_ids[i]` its expert. Assignments of one expert keep their flat order.
+/// A token's slots must name distinct experts, as a router's top-k does.
 ///
-/// Errors: as [`histogram`].
+/// Errors: as [`histogram`], plus [`Error::DuplicateExpert`] for a token that
+/// lists one expert twice.
 pub fn sort_by_expert(
     expert_ids: ArrayView2<i32>,
     num_experts: usize,
 ) -> Result<(Array1<i32>, Array1<i32>)> {
     check_expert_ids("sort_by_expert", expert_ids, num_experts)?;
+    check_distinct(expert_ids, num_experts)?;
     let n = expert_ids.len();
     let mut next = vec![0usize; num_experts + 1];
     for &e in expert_ids.iter() {

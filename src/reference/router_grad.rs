@@ -5,19 +5,10 @@
 use ndarray::{Array2, ArrayView2};
 
 use crate::checks::check_top_k;
+use crate::config::AuxLossCoefficients;
 use crate::error::{Error, Result};
 use crate::reference::permute::histogram;
-use crate::reference::routing::{check_finite, check_router_matrix, Routing};
-
-/// Coefficients of the auxiliary losses in the training loss.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct AuxLossCoefficients {
-    /// Weight of the load-balancing loss
-    /// ([`crate::reference::loss::load_balancing_loss`]).
-    pub load_balancing: f32,
-    /// Weight of the router z-loss ([`crate::reference::loss::router_z_loss`]).
-    pub z_loss: f32,
-}
+use crate::reference::routing::{check_router_logits, check_router_matrix, Routing};
 
 /// Gradient of `L = <grad_weights, weights> + aux.load_balancing * LBL +
 /// aux.z_loss * Z` with respect to the router logits `[tokens, experts]`.
@@ -38,7 +29,9 @@ pub struct AuxLossCoefficients {
 /// Errors: [`Error::Empty`] for zero tokens or experts,
 /// [`Error::InvalidTopK`], [`Error::ShapeMismatch`] when `routing` or
 /// `grad_weights` disagree with `logits`, [`Error::ExpertOutOfRange`],
-/// [`Error::IndexOverflow`], [`Error::NonFinite`] for a non-finite logit.
+/// [`Error::IndexOverflow`], [`Error::NonFinite`] for a NaN or `+inf` logit,
+/// [`Error::TooFewExperts`] for a token with fewer than `top_k` experts
+/// above `-inf` (masked experts, probability 0, get gradient 0).
 pub fn route_backward(
     logits: ArrayView2<f32>,
     routing: &Routing,
@@ -72,7 +65,7 @@ pub fn route_backward(
     if let Some(&(what, found, want)) = checks.iter().find(|(_, found, want)| found != want) {
         return Err(mismatch(what, found, want));
     }
-    check_finite("the router logits", logits)?;
+    check_router_logits(logits, top_k)?;
     let counts = histogram(routing.expert_ids.view(), experts)?;
 
     let inv_tokens = 1.0 / tokens as f32;

@@ -32,6 +32,36 @@ pub(crate) fn check_finite(what: &'static str, m: ArrayView2<f32>) -> Result<()>
     }
 }
 
+/// Checks router logits row by row: a NaN or `+inf` is [`Error::NonFinite`]
+/// (the first of its row); `-inf` masks an expert ("never route here"), and a
+/// row with fewer than `needed` experts above `-inf` is
+/// [`Error::TooFewExperts`]. The error names the first bad token, as the
+/// device router's status word does.
+pub(crate) fn check_router_logits(logits: ArrayView2<f32>, needed: usize) -> Result<()> {
+    for (token, row) in logits.rows().into_iter().enumerate() {
+        let mut routable = 0;
+        for (col, &value) in row.iter().enumerate() {
+            if value.is_nan() || value == f32::INFINITY {
+                return Err(Error::NonFinite {
+                    what: "the router logits",
+                    row: token,
+                    col,
+                    value,
+                });
+            }
+            routable += usize::from(value != f32::NEG_INFINITY);
+        }
+        if routable < needed {
+            return Err(Error::TooFewExperts {
+                token,
+                routable,
+                needed,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks that a `[tokens, experts]` matrix of router logits (or
 /// probabilities) is non-empty and indexable with i32.
 pub(crate) fn check_router_matrix(op: &'static str, m: ArrayView2<f32>) -> Result<()> {
@@ -57,19 +87,22 @@ fn softmax_row(logits: impl Iterator<Item = f32> + Clone, out: &mut [f32]) {
 /// `logits` is `[tokens, experts]`. The softmax runs over all experts in f32;
 /// the k largest probabilities are taken in descending order (ties: lower
 /// expert id first); with `renormalize` the k weights are divided by their
-/// sum so they add up to 1.
+/// sum so they add up to 1. A logit of `-inf` masks its expert (a pruned or
+/// disabled one): probability 0, never chosen.
 ///
 /// Errors: [`Error::Empty`] for zero tokens or experts,
 /// [`Error::InvalidTopK`] unless `1 <= top_k <= experts`,
 /// [`Error::IndexOverflow`] when `tokens * experts` or `tokens * top_k` does
-/// not fit i32, [`Error::NonFinite`] for a NaN or infinite logit.
+/// not fit i32, [`Error::NonFinite`] for a NaN or `+inf` logit,
+/// [`Error::TooFewExperts`] for a token with fewer than `top_k` experts
+/// above `-inf`.
 pub fn route(logits: ArrayView2<f32>, top_k: usize, renormalize: bool) -> Result<Routing> {
     const OP: &str = "route";
     check_router_matrix(OP, logits)?;
     let (tokens, experts) = logits.dim();
     check_top_k(top_k, experts)?;
     check_i32("tokens x top_k", product(&[tokens, top_k]))?;
-    check_finite("the router logits", logits)?;
+    check_router_logits(logits, top_k)?;
 
     let mut probs = Array2::<f32>::zeros((tokens, experts));
     let mut expert_ids = Array2::<i32>::zeros((tokens, top_k));
@@ -79,7 +112,7 @@ pub fn route(logits: ArrayView2<f32>, top_k: usize, renormalize: bool) -> Result
     for t in 0..tokens {
         softmax_row(logits.row(t).iter().copied(), &mut row);
         order.clear();
-        order.extend(0..experts);
+        order.extend((0..experts).filter(|&e| logits[[t, e]] != f32::NEG_INFINITY));
         // Stable sort: equal probabilities keep the lower expert id first.
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
         let norm = if renormalize {

@@ -1,6 +1,6 @@
 //! Skewed routing for the dMoE reference tests.
 
-use dropless::reference::moe::MoeWeights;
+use dropless::config::MoeWeights;
 use ndarray::Array2;
 
 /// Makes expert 0 every token's first choice (so other experts may get no
