@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(&back[..5], &[POISON, POISON, 1, 2, 3]);
         assert_eq!(
             mem.write(a + 8, &[0; 3]),
-            Err(MemError::OutOfBounds { addr: a + 8, len: 3 })
+            Err(MemError::OutOfBounds {
+                addr: a + 8,
+                len: 3
+            })
         );
         assert!(mem.view().checked(a + 10, 0).is_err());
         mem.free(a).unwrap();

@@ -1,0 +1,72 @@
+//! What an entry point returns when it fails, and the guard every entry point
+//! runs its body in (reports on stderr, catches panics).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::status::{CUresult, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_UNKNOWN, CUDA_SUCCESS};
+
+/// A failed call: the code it returns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The `CUresult` returned.
+    pub code: CUresult,
+    /// What is wrong, printed to stderr with the entry point's name.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: CUresult, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of an entry point's body.
+pub type Outcome<T = ()> = Result<T, Failure>;
+
+/// Prints one line of the emulator's report on stderr.
+pub fn report(entry: &str, message: &str) {
+    eprintln!("dropless-emu: {entry}: {message}");
+}
+
+/// Runs the body of entry point `entry`: success is `CUDA_SUCCESS`, a
+/// failure is reported and its code returned, a panic is reported and
+/// returns `CUDA_ERROR_UNKNOWN`.
+pub fn guard(entry: &str, body: impl FnOnce() -> Outcome) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => CUDA_SUCCESS,
+        Ok(Err(failure)) => {
+            report(entry, &failure.message);
+            failure.code
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            report(entry, &format!("internal error in the emulator: {what}"));
+            CUDA_ERROR_UNKNOWN
+        }
+    }
+}
+
+/// Writes `value` through the out-parameter `ptr`, refusing null.
+///
+/// # Safety
+///
+/// `ptr` must be null or valid for a write of `T`.
+pub unsafe fn put<T>(ptr: *mut T, value: T, what: &str) -> Outcome {
+    if ptr.is_null() {
+        return Err(Failure::new(
+            CUDA_ERROR_INVALID_VALUE,
+            format!("{what} is a null pointer"),
+        ));
+    }
+    // SAFETY: non-null, and valid for a write per the caller's contract.
+    unsafe { ptr.write(value) };
+    Ok(())
+}
