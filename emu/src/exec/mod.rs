@@ -9,10 +9,23 @@
 //!   [`DeviceMemory`], and returns its [`Profile`] or the first failed check
 //!   as a [`LaunchError`].
 
+mod alu;
+mod collective;
+mod cta;
+mod decode;
+mod global;
+mod inst;
+mod memops;
+mod profile;
+mod shared;
+mod warp;
+
 use std::fmt;
 
 use crate::memory::DeviceMemory;
 use crate::settings::Settings;
+
+pub use profile::{Class, Profile};
 
 /// Dynamic shared memory a kernel may use without `cuFuncSetAttribute`.
 pub const DEFAULT_DYNAMIC_SHARED_LIMIT: u32 = 48 * 1024;
@@ -125,15 +138,16 @@ impl std::error::Error for LaunchError {}
 #[derive(Debug)]
 pub struct Program {
     kernels: Vec<KernelInfo>,
+    decoded: Vec<decode::DecodedKernel>,
 }
 
 impl Program {
     /// Parses and decodes PTX text.
     pub fn from_ptx(text: &str) -> Result<Program, LoadError> {
-        let _ = text;
-        Err(LoadError {
-            line: 0,
-            message: "the decoder is not written yet".into(),
+        let decoded = decode::load(text)?;
+        Ok(Program {
+            kernels: decoded.iter().map(|k| k.info.clone()).collect(),
+            decoded,
         })
     }
 
@@ -141,20 +155,79 @@ impl Program {
     pub fn kernel(&self, name: &str) -> Option<&KernelInfo> {
         self.kernels.iter().find(|k| k.name == name)
     }
-}
 
-/// The dynamic profile of one launch (instruction counts by class, bytes
-/// moved, shared-memory wavefronts, global sectors); `Display` prints it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Profile {
-    /// Thread-instructions executed.
-    pub thread_instructions: u64,
-}
-
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} thread-instructions", self.thread_instructions)
+    /// Every kernel's launch facts, in module order.
+    pub fn kernels(&self) -> &[KernelInfo] {
+        &self.kernels
     }
+}
+
+fn invalid(report: String) -> LaunchError {
+    LaunchError {
+        kind: LaunchErrorKind::InvalidConfig,
+        report: format!("dropless-emu: invalid launch: {report}"),
+    }
+}
+
+/// Checks a launch configuration against the kernel and the device limits.
+fn check_config(
+    info: &KernelInfo,
+    config: &LaunchConfig,
+    params: &[u8],
+) -> Result<(), LaunchError> {
+    let name = &info.name;
+    let [bx, by, bz] = config.block;
+    let threads = bx as u64 * by as u64 * bz as u64;
+    if threads == 0 || threads > MAX_THREADS_PER_BLOCK as u64 || bz > 64 {
+        return Err(invalid(format!(
+            "kernel {name}: block ({bx}, {by}, {bz}) must have 1 to {MAX_THREADS_PER_BLOCK} threads (z at most 64)"
+        )));
+    }
+    let [gx, gy, gz] = config.grid;
+    if gx == 0 || gy == 0 || gz == 0 || gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
+        return Err(invalid(format!(
+            "kernel {name}: grid ({gx}, {gy}, {gz}) must be nonzero (x < 2^31, y and z at most 65535)"
+        )));
+    }
+    if let Some(m) = info.maxntid {
+        let max = m[0] as u64 * m[1] as u64 * m[2] as u64;
+        if threads > max {
+            return Err(invalid(format!(
+                "kernel {name}: block of {threads} threads is above its .maxntid {}, {}, {} ({max} threads)",
+                m[0], m[1], m[2]
+            )));
+        }
+    }
+    if let Some(r) = info.reqntid {
+        if r != config.block {
+            return Err(invalid(format!(
+                "kernel {name}: block ({bx}, {by}, {bz}) differs from its .reqntid {}, {}, {}",
+                r[0], r[1], r[2]
+            )));
+        }
+    }
+    let dynamic = config.dynamic_shared_bytes;
+    if dynamic > config.max_dynamic_shared_bytes {
+        return Err(invalid(format!(
+            "kernel {name}: {dynamic} bytes of dynamic shared memory are above the function's limit of {} (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+            config.max_dynamic_shared_bytes
+        )));
+    }
+    let total = info.static_shared_bytes as u64 + dynamic as u64;
+    if total > MAX_SHARED_PER_BLOCK_OPTIN as u64 {
+        return Err(invalid(format!(
+            "kernel {name}: {} static + {dynamic} dynamic bytes of shared memory are above the {MAX_SHARED_PER_BLOCK_OPTIN}-byte limit per CTA",
+            info.static_shared_bytes
+        )));
+    }
+    if params.len() != info.param_bytes {
+        return Err(invalid(format!(
+            "kernel {name}: the parameter buffer has {} bytes, the kernel's parameters take {}",
+            params.len(),
+            info.param_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Runs kernel `kernel` of `program` over the grid to completion.
@@ -167,9 +240,56 @@ pub fn launch(
     memory: &DeviceMemory,
     settings: &Settings,
 ) -> Result<Profile, LaunchError> {
-    let _ = (program, kernel, config, params, memory, settings);
-    Err(LaunchError {
-        kind: LaunchErrorKind::InvalidConfig,
-        report: "the interpreter is not written yet".into(),
-    })
+    let Some(k) = program.decoded.iter().find(|k| k.info.name == kernel) else {
+        return Err(invalid(format!("no kernel named {kernel} in this module")));
+    };
+    check_config(&k.info, config, params)?;
+    let view = memory.view();
+    let window = if config.dynamic_shared_bytes > 0 {
+        k.dynamic_shared_offset as usize + config.dynamic_shared_bytes as usize
+    } else {
+        k.info.static_shared_bytes as usize
+    };
+    let mut cx = cta::Cx {
+        k,
+        params,
+        global: global::GlobalMem::new(&view, k.code.len(), settings.checks),
+        shared: shared::SharedMem::new(window, settings.checks),
+        checks: settings.checks,
+        profile: settings.profile.then(Profile::default),
+        clock: 0,
+        cta: [0; 3],
+        bar_gen: 0,
+        barrier_dirty: false,
+        arrivals: [0; 16],
+        block: config.block,
+    };
+    let [gx, gy, gz] = config.grid;
+    let ctas = gx as u64 * gy as u64 * gz as u64;
+    let mut order: Vec<u64> = (0..ctas).collect();
+    let mut rng = settings.seed.map(cta::SplitMix);
+    if let Some(r) = rng.as_mut() {
+        r.shuffle(&mut order);
+    }
+    let threads = config.block.iter().product::<u32>();
+    let nwarps = threads.div_ceil(32) as usize;
+    for lin in order {
+        let id = [
+            (lin % gx as u64) as u32,
+            ((lin / gx as u64) % gy as u64) as u32,
+            (lin / (gx as u64 * gy as u64)) as u32,
+        ];
+        cx.cta = id;
+        cx.bar_gen = 0;
+        cx.arrivals = [0; 16];
+        cx.shared.reset(window);
+        let mut warps: Vec<warp::Warp> = (0..nwarps)
+            .map(|w| warp::Warp::new(k, w, config.block, config.grid, id))
+            .collect();
+        cta::run_cta(&mut cx, &mut warps, &mut rng)?;
+        if let Some(p) = cx.profile.as_mut() {
+            p.ctas += 1;
+        }
+    }
+    Ok(cx.profile.unwrap_or_default())
 }

@@ -8,6 +8,7 @@
 pub mod approx;
 pub mod convert;
 pub mod float;
+mod soft;
 pub mod tensor;
 
 /// An IEEE rounding modifier of a float result.

@@ -3,6 +3,28 @@
 //! (`.x1 .x2 .x4`, with and without `.trans`), with the fragment layouts
 //! and lane/row mapping exactly as the PTX ISA's "Matrix fragments for
 //! mma.m16n8k16" and "ldmatrix" sections define them.
+//!
+//! With `groupID = lane >> 2` and `threadID_in_group = lane % 4` (the
+//! ISA's names), the m16n8k16 fragments of 16-bit operands are:
+//! - A (16x16, row): element `a_i` (`i` in 0..8, two per `.b32` register,
+//!   the lower index in the lower half) is at row `groupID` for
+//!   `i < 2 || 4 <= i < 6`, else `groupID + 8`, and column
+//!   `threadID_in_group * 2 + (i & 1)`, plus 8 for `i >= 4`;
+//! - B (16x8, col): `b_i` (`i` in 0..4) is at row
+//!   `threadID_in_group * 2 + (i & 1)`, plus 8 for `i >= 2`, column
+//!   `groupID`;
+//! - C and D (16x8, f32): `c_i` (`i` in 0..4) is at row `groupID`, plus 8
+//!   for `i >= 2`, column `threadID_in_group * 2 + (i & 1)`.
+//!
+//! `ldmatrix .m8n8 .b16`: lanes `8j..8j+8` supply the addresses of rows
+//! 0..8 of matrix `j`; each lane receives, in its `j`-th register, the
+//! two elements `(row groupID, columns 2 * threadID_in_group + {0, 1})`
+//! of matrix `j` (lower column in the lower half), or under `.trans` those
+//! of the transposed matrix, i.e. rows `2 * threadID_in_group + {0, 1}`
+//! of column `groupID`.
+
+use super::convert::{bf16_to_f32, f16_to_f32};
+use super::float::{f32_binary, f32_fma, F32Mods, F32Op};
 
 /// The operand type of an `mma`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,22 +47,75 @@ pub fn mma_m16n8k16(
     b: &[[u32; 2]; 32],
     c: &[[u32; 4]; 32],
 ) -> [[u32; 4]; 32] {
-    let _ = (ty, a, b, c);
-    unimplemented!("numeric::tensor::mma_m16n8k16")
+    let widen = |h: u32| match ty {
+        MmaType::F16 => f16_to_f32(h as u16),
+        MmaType::Bf16 => bf16_to_f32(h as u16),
+    };
+    let mut am = [[0u32; 16]; 16];
+    let mut bm = [[0u32; 8]; 16];
+    let mut cm = [[0u32; 8]; 16];
+    for lane in 0..32 {
+        let (group, tig) = (lane >> 2, lane % 4);
+        for (r, &reg) in a[lane].iter().enumerate() {
+            let (row, col) = (group + 8 * (r & 1), 2 * tig + 8 * (r >> 1));
+            am[row][col] = widen(reg & 0xffff);
+            am[row][col + 1] = widen(reg >> 16);
+        }
+        for (r, &reg) in b[lane].iter().enumerate() {
+            let row = 2 * tig + 8 * r;
+            bm[row][group] = widen(reg & 0xffff);
+            bm[row + 1][group] = widen(reg >> 16);
+        }
+        for (i, &v) in c[lane].iter().enumerate() {
+            cm[group + 8 * (i >> 1)][2 * tig + (i & 1)] = v;
+        }
+    }
+    let rn = F32Mods::default();
+    let mut d = [[0u32; 4]; 32];
+    for (lane, out) in d.iter_mut().enumerate() {
+        let (group, tig) = (lane >> 2, lane % 4);
+        for (i, slot) in out.iter_mut().enumerate() {
+            let (row, col) = (group + 8 * (i >> 1), 2 * tig + (i & 1));
+            // -0.0 is the additive identity under round-to-nearest.
+            let dot = (0..16).fold(0x8000_0000, |acc, k| {
+                f32_fma(am[row][k], bm[k][col], acc, rn)
+            });
+            *slot = f32_binary(F32Op::Add, dot, cm[row][col], rn);
+        }
+    }
+    d
 }
 
 /// `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16` for a whole
 /// warp: `row_addr[lane]` is the shared address each lane supplies (only the
 /// lanes that supply rows for `num` matrices are read: lanes 0-7 for x1,
 /// 0-15 for x2, all for x4), `read_row(addr)` returns the 16 bytes of one
-/// 8-element row. Returns each lane's `num` destination registers (unused
-/// entries 0).
+/// 8-element row (little-endian elements). Returns each lane's `num`
+/// destination registers (unused entries 0); a `num` above 4 loads 4.
 pub fn ldmatrix(
     num: usize,
     trans: bool,
     row_addr: &[u32; 32],
-    read_row: impl FnMut(u32) -> [u8; 16],
+    mut read_row: impl FnMut(u32) -> [u8; 16],
 ) -> [[u32; 4]; 32] {
-    let _ = (num, trans, row_addr, read_row);
-    unimplemented!("numeric::tensor::ldmatrix")
+    let mut out = [[0u32; 4]; 32];
+    for j in 0..num.min(4) {
+        let mut m = [[0u16; 8]; 8];
+        for (r, row) in m.iter_mut().enumerate() {
+            let bytes = read_row(row_addr[8 * j + r]);
+            for (e, pair) in row.iter_mut().zip(bytes.chunks_exact(2)) {
+                *e = u16::from_le_bytes([pair[0], pair[1]]);
+            }
+        }
+        for (lane, regs) in out.iter_mut().enumerate() {
+            let (group, tig) = (lane >> 2, lane % 4);
+            let (lo, hi) = if trans {
+                (m[2 * tig][group], m[2 * tig + 1][group])
+            } else {
+                (m[group][2 * tig], m[group][2 * tig + 1])
+            };
+            regs[j] = u32::from(lo) | (u32::from(hi) << 16);
+        }
+    }
+    out
 }
