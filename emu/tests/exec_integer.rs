@@ -80,12 +80,22 @@ fn check32(body: &str, want: impl Fn(u32, u32, u32) -> u32) {
     let (a, b, c) = operands();
     let n = a.len();
     let (da, db, dc, out) = (gpu.u32s(&a), gpu.u32s(&b), gpu.u32s(&c), gpu.zeros(n));
-    gpu.run(&kernel32(body), "k", (n / 64) as u32, 64, &[Arg::U64(da), Arg::U64(db), Arg::U64(dc), Arg::U64(out)])
-        .unwrap_or_else(|e| panic!("{body}: {e}"));
+    gpu.run(
+        &kernel32(body),
+        "k",
+        (n / 64) as u32,
+        64,
+        &[Arg::U64(da), Arg::U64(db), Arg::U64(dc), Arg::U64(out)],
+    )
+    .unwrap_or_else(|e| panic!("{body}: {e}"));
     let got = gpu.read_u32(out, n);
     for i in 0..n {
         let w = want(a[i], b[i], c[i]);
-        assert_eq!(got[i], w, "{body} with a={:#x} b={:#x} c={:#x}: got {:#x}, want {w:#x}", a[i], b[i], c[i], got[i]);
+        assert_eq!(
+            got[i], w,
+            "{body} with a={:#x} b={:#x} c={:#x}: got {:#x}, want {w:#x}",
+            a[i], b[i], c[i], got[i]
+        );
     }
 }
 
@@ -95,20 +105,49 @@ fn s(x: u32) -> i64 {
 
 #[test]
 fn add_sub_mul_mad() {
-    check32("add.s32 %r4, %r1, %r2;", |a, b, _| ((a as u64 + b as u64) % (1 << 32)) as u32);
-    check32("sub.s32 %r4, %r1, %r2;", |a, b, _| ((a as u64 + (1 << 32) - b as u64) % (1 << 32)) as u32);
+    check32("add.s32 %r4, %r1, %r2;", |a, b, _| {
+        ((a as u64 + b as u64) % (1 << 32)) as u32
+    });
+    check32("sub.s32 %r4, %r1, %r2;", |a, b, _| {
+        ((a as u64 + (1 << 32) - b as u64) % (1 << 32)) as u32
+    });
     check32("add.u32 %r4, %r1, 5;", |a, _, _| a.wrapping_add(5));
     check32("mul.lo.s32 %r4, %r1, %r2;", |a, b, _| (s(a) * s(b)) as u32);
-    check32("mul.lo.u32 %r4, %r1, %r2;", |a, b, _| (a as u64 * b as u64) as u32);
-    check32("mul.hi.s32 %r4, %r1, %r2;", |a, b, _| ((s(a) * s(b)) >> 32) as u32);
-    check32("mul.hi.u32 %r4, %r1, %r2;", |a, b, _| ((a as u64 * b as u64) >> 32) as u32);
-    check32("mad.lo.s32 %r4, %r1, %r2, %r3;", |a, b, c| (s(a) * s(b) + s(c)) as u32);
-    check32("mad.hi.u32 %r4, %r1, %r2, %r3;", |a, b, c| (((a as u64 * b as u64) >> 32) + c as u64) as u32);
-    check32("mul.wide.s32 %rd9, %r1, %r2; mov.b64 {%r5, %r4}, %rd9;", |a, b, _| ((s(a) * s(b)) >> 32) as u32);
-    check32("mul.wide.u32 %rd9, %r1, %r2; mov.b64 {%r4, %r5}, %rd9;", |a, b, _| (a as u64 * b as u64) as u32);
-    check32("mul.wide.u32 %rd9, %r1, %r2; mov.b64 {%r5, %r4}, %rd9;", |a, b, _| ((a as u64 * b as u64) >> 32) as u32);
+    check32("mul.lo.u32 %r4, %r1, %r2;", |a, b, _| {
+        (a as u64 * b as u64) as u32
+    });
+    check32("mul.hi.s32 %r4, %r1, %r2;", |a, b, _| {
+        ((s(a) * s(b)) >> 32) as u32
+    });
+    check32("mul.hi.u32 %r4, %r1, %r2;", |a, b, _| {
+        ((a as u64 * b as u64) >> 32) as u32
+    });
+    check32("mad.lo.s32 %r4, %r1, %r2, %r3;", |a, b, c| {
+        (s(a) * s(b) + s(c)) as u32
+    });
+    check32("mad.hi.u32 %r4, %r1, %r2, %r3;", |a, b, c| {
+        (((a as u64 * b as u64) >> 32) + c as u64) as u32
+    });
+    check32(
+        "mul.wide.s32 %rd9, %r1, %r2; mov.b64 {%r5, %r4}, %rd9;",
+        |a, b, _| ((s(a) * s(b)) >> 32) as u32,
+    );
+    check32(
+        "mul.wide.u32 %rd9, %r1, %r2; mov.b64 {%r4, %r5}, %rd9;",
+        |a, b, _| (a as u64 * b as u64) as u32,
+    );
+    check32(
+        "mul.wide.u32 %rd9, %r1, %r2; mov.b64 {%r5, %r4}, %rd9;",
+        |a, b, _| ((a as u64 * b as u64) >> 32) as u32,
+    );
     check32("neg.s32 %r4, %r1;", |a, _, _| (-s(a)) as u32);
-    check32("abs.s32 %r4, %r1;", |a, _, _| if a == 0x8000_0000 { a } else { s(a).unsigned_abs() as u32 });
+    check32("abs.s32 %r4, %r1;", |a, _, _| {
+        if a == 0x8000_0000 {
+            a
+        } else {
+            s(a).unsigned_abs() as u32
+        }
+    });
 }
 
 #[test]
@@ -117,8 +156,12 @@ fn division_and_remainder() {
     // zero unspecified).
     let d = "and.b32 %r5, %r2, 65535; or.b32 %r5, %r5, 1;";
     let dv = |b: u32| (b & 0xffff) | 1;
-    check32(&format!("{d} div.u32 %r4, %r1, %r5;"), move |a, b, _| a / dv(b));
-    check32(&format!("{d} rem.u32 %r4, %r1, %r5;"), move |a, b, _| a % dv(b));
+    check32(&format!("{d} div.u32 %r4, %r1, %r5;"), move |a, b, _| {
+        a / dv(b)
+    });
+    check32(&format!("{d} rem.u32 %r4, %r1, %r5;"), move |a, b, _| {
+        a % dv(b)
+    });
     // Signed division truncates toward zero; the remainder has the dividend's sign.
     check32(&format!("{d} div.s32 %r4, %r1, %r5;"), move |a, b, _| {
         let (x, y) = (s(a), dv(b) as i64);
@@ -134,8 +177,14 @@ fn division_and_remainder() {
 
 #[test]
 fn min_max_logic() {
-    check32("min.s32 %r4, %r1, %r2;", |a, b, _| if s(a) < s(b) { a } else { b });
-    check32("max.s32 %r4, %r1, %r2;", |a, b, _| if s(a) > s(b) { a } else { b });
+    check32(
+        "min.s32 %r4, %r1, %r2;",
+        |a, b, _| if s(a) < s(b) { a } else { b },
+    );
+    check32(
+        "max.s32 %r4, %r1, %r2;",
+        |a, b, _| if s(a) > s(b) { a } else { b },
+    );
     check32("min.u32 %r4, %r1, %r2;", |a, b, _| a.min(b));
     check32("max.u32 %r4, %r1, %r2;", |a, b, _| a.max(b));
     check32("and.b32 %r4, %r1, %r2;", |a, b, _| a & b);
@@ -147,9 +196,17 @@ fn min_max_logic() {
 
 #[test]
 fn shifts_clamp_at_the_width() {
-    check32("shl.b32 %r4, %r1, %r3;", |a, _, c| if c >= 32 { 0 } else { a << c });
-    check32("shr.u32 %r4, %r1, %r3;", |a, _, c| if c >= 32 { 0 } else { a >> c });
-    check32("shr.s32 %r4, %r1, %r3;", |a, _, c| (s(a) >> c.min(63)) as u32);
+    check32(
+        "shl.b32 %r4, %r1, %r3;",
+        |a, _, c| if c >= 32 { 0 } else { a << c },
+    );
+    check32(
+        "shr.u32 %r4, %r1, %r3;",
+        |a, _, c| if c >= 32 { 0 } else { a >> c },
+    );
+    check32("shr.s32 %r4, %r1, %r3;", |a, _, c| {
+        (s(a) >> c.min(63)) as u32
+    });
     check32("shr.b32 %r4, %r1, 4;", |a, _, _| a >> 4);
     // Funnel shifts of {b, a}: .wrap takes the amount mod 32, .clamp caps it at 32.
     check32("shf.l.wrap.b32 %r4, %r1, %r2, %r3;", |a, b, c| {
@@ -173,44 +230,93 @@ fn bit_counting_and_fields() {
     check32("brev.b32 %r4, %r1;", |a, _, _| {
         (0..32).fold(0, |acc, i| acc | (((a >> i) & 1) << (31 - i)))
     });
-    let msb = |v: u32| if v == 0 { 0xffff_ffff } else { 31 - v.leading_zeros() };
+    let msb = |v: u32| {
+        if v == 0 {
+            0xffff_ffff
+        } else {
+            31 - v.leading_zeros()
+        }
+    };
     check32("bfind.u32 %r4, %r1;", move |a, _, _| msb(a));
-    check32("bfind.s32 %r4, %r1;", move |a, _, _| msb(if s(a) < 0 { !a } else { a }));
-    check32("bfind.shiftamt.u32 %r4, %r1;", move |a, _, _| match msb(a) {
-        0xffff_ffff => 0xffff_ffff,
-        p => 31 - p,
+    check32("bfind.s32 %r4, %r1;", move |a, _, _| {
+        msb(if s(a) < 0 { !a } else { a })
+    });
+    check32("bfind.shiftamt.u32 %r4, %r1;", move |a, _, _| {
+        match msb(a) {
+            0xffff_ffff => 0xffff_ffff,
+            p => 31 - p,
+        }
     });
     // bfe: pos and len are the low 8 bits of b and c; bits past the msb
     // repeat the last bit extracted (signed) or are zero.
     let bfe = |a: u32, b: u32, c: u32, signed: bool| {
         let (pos, len) = (b & 0xff, c & 0xff);
-        let sbit = if signed && len > 0 { (a >> (pos + len - 1).min(31)) & 1 } else { 0 };
+        let sbit = if signed && len > 0 {
+            (a >> (pos + len - 1).min(31)) & 1
+        } else {
+            0
+        };
         (0..32).fold(0u32, |d, i| {
-            let bit = if i < len && pos + i <= 31 { (a >> (pos + i)) & 1 } else { sbit };
+            let bit = if i < len && pos + i <= 31 {
+                (a >> (pos + i)) & 1
+            } else {
+                sbit
+            };
             d | (bit << i)
         })
     };
-    check32("bfe.u32 %r4, %r1, %r2, %r3;", move |a, b, c| bfe(a, b, c, false));
-    check32("bfe.s32 %r4, %r1, %r2, %r3;", move |a, b, c| bfe(a, b, c, true));
+    check32("bfe.u32 %r4, %r1, %r2, %r3;", move |a, b, c| {
+        bfe(a, b, c, false)
+    });
+    check32("bfe.s32 %r4, %r1, %r2, %r3;", move |a, b, c| {
+        bfe(a, b, c, true)
+    });
     check32("bfe.u32 %r4, %r1, 4, 8;", move |a, _, _| (a >> 4) & 0xff);
     // bfi: len bits of a go into b at pos.
     let bfi = |a: u32, b: u32, pos: u32, len: u32| {
         let (pos, len) = (pos & 0xff, len & 0xff);
-        (0..len).filter(|i| pos + i < 32).fold(b, |f, i| (f & !(1 << (pos + i))) | (((a >> i) & 1) << (pos + i)))
+        (0..len).filter(|i| pos + i < 32).fold(b, |f, i| {
+            (f & !(1 << (pos + i))) | (((a >> i) & 1) << (pos + i))
+        })
     };
-    check32("bfi.b32 %r4, %r1, %r2, %r3, 5;", move |a, b, c| bfi(a, b, c, 5));
-    check32("bfi.b32 %r4, %r1, %r2, 6, 26;", move |a, b, _| bfi(a, b, 6, 26));
+    check32("bfi.b32 %r4, %r1, %r2, %r3, 5;", move |a, b, c| {
+        bfi(a, b, c, 5)
+    });
+    check32("bfi.b32 %r4, %r1, %r2, 6, 26;", move |a, b, _| {
+        bfi(a, b, 6, 26)
+    });
 }
 
 #[test]
 fn comparisons_selection_and_predicates() {
-    check32("setp.lt.s32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (s(a) < s(b)) as u32);
-    check32("setp.lo.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (a < b) as u32);
-    check32("setp.ls.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (a <= b) as u32);
-    check32("setp.hi.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (a > b) as u32);
-    check32("setp.ge.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (a >= b) as u32);
-    check32("setp.ne.b32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;", |a, b, _| (a != b) as u32);
-    check32("setp.le.s32 %p1, %r1, %r2; selp.b32 %r4, %r1, %r2, %p1;", |a, b, _| if s(a) <= s(b) { a } else { b });
+    check32(
+        "setp.lt.s32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (s(a) < s(b)) as u32,
+    );
+    check32(
+        "setp.lo.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (a < b) as u32,
+    );
+    check32(
+        "setp.ls.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (a <= b) as u32,
+    );
+    check32(
+        "setp.hi.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (a > b) as u32,
+    );
+    check32(
+        "setp.ge.u32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (a >= b) as u32,
+    );
+    check32(
+        "setp.ne.b32 %p1, %r1, %r2; selp.b32 %r4, 1, 0, %p1;",
+        |a, b, _| (a != b) as u32,
+    );
+    check32(
+        "setp.le.s32 %p1, %r1, %r2; selp.b32 %r4, %r1, %r2, %p1;",
+        |a, b, _| if s(a) <= s(b) { a } else { b },
+    );
     // The second destination receives the complement; .and/.or/.xor combine with c.
     check32(
         "setp.ne.s32 %p3, %r3, 0; setp.gt.and.s32 %p1|%p2, %r1, %r2, %p3; selp.b32 %r5, 1, 0, %p1; selp.b32 %r6, 2, 0, %p2; or.b32 %r4, %r5, %r6;",
@@ -226,13 +332,16 @@ fn comparisons_selection_and_predicates() {
             (!(p1 ^ p2) || p1) as u32
         },
     );
-    check32("setp.lt.s32 %p1, %r1, %r2; @%p1 mov.b32 %r4, 11; @!%p1 mov.b32 %r4, 22;", |a, b, _| {
-        if s(a) < s(b) {
-            11
-        } else {
-            22
-        }
-    });
+    check32(
+        "setp.lt.s32 %p1, %r1, %r2; @%p1 mov.b32 %r4, 11; @!%p1 mov.b32 %r4, 22;",
+        |a, b, _| {
+            if s(a) < s(b) {
+                11
+            } else {
+                22
+            }
+        },
+    );
     // 16-bit registers: halves of a 32-bit value, signed compare.
     check32(
         "mov.b32 {%rs1, %rs2}, %r1; setp.gt.s16 %p1, %rs2, -1; selp.u16 %rs3, 1, 0, %p1; mov.b32 %r4, {%rs3, %rs1};",
@@ -300,7 +409,16 @@ fn special_registers() {
     ret;
 }
 "#;
-    gpu.run_with(ptx, "k", [1, 2, 1], [48, 2, 1], 0, &[Arg::U64(out)], &Default::default()).unwrap();
+    gpu.run_with(
+        ptx,
+        "k",
+        [1, 2, 1],
+        [48, 2, 1],
+        0,
+        &[Arg::U64(out)],
+        &Default::default(),
+    )
+    .unwrap();
     let got = gpu.read_u32(out, 8 * 96);
     // Only CTA (0, 1) and (0, 0) write the same slots; the values of y are
     // the same for both but ctaid.y differs, so check the fields that do not

@@ -32,10 +32,15 @@ pub fn report(entry: &str, message: &str) {
     eprintln!("dropless-emu: {entry}: {message}");
 }
 
-/// Runs the body of entry point `entry`: success is `CUDA_SUCCESS`, a
+/// Runs the body of driver entry point `entry`: success is `CUDA_SUCCESS`, a
 /// failure is reported and its code returned, a panic is reported and
 /// returns `CUDA_ERROR_UNKNOWN`.
 pub fn guard(entry: &str, body: impl FnOnce() -> Outcome) -> CUresult {
+    guard_with(entry, CUDA_ERROR_UNKNOWN, body)
+}
+
+/// As [`guard`], for any API whose success is 0: a panic returns `on_panic`.
+pub fn guard_with(entry: &str, on_panic: i32, body: impl FnOnce() -> Outcome) -> i32 {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => CUDA_SUCCESS,
         Ok(Err(failure)) => {
@@ -49,7 +54,7 @@ pub fn guard(entry: &str, body: impl FnOnce() -> Outcome) -> CUresult {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
             report(entry, &format!("internal error in the emulator: {what}"));
-            CUDA_ERROR_UNKNOWN
+            on_panic
         }
     }
 }

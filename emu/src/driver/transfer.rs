@@ -104,7 +104,7 @@ fn fill(dst: CUdeviceptr, pattern: &[u8], count: usize) -> Outcome {
     if count == 0 {
         return Ok(());
     }
-    if dst % pattern.len() as u64 != 0 {
+    if !dst.is_multiple_of(pattern.len() as u64) {
         return Err(Failure::new(
             CUDA_ERROR_INVALID_VALUE,
             format!(

@@ -29,7 +29,9 @@ pub struct Gpu {
 
 impl Default for Gpu {
     fn default() -> Self {
-        Gpu { mem: DeviceMemory::new(64 << 20) }
+        Gpu {
+            mem: DeviceMemory::new(64 << 20),
+        }
     }
 }
 
@@ -56,7 +58,9 @@ impl Gpu {
     pub fn read_u32(&self, addr: u64, n: usize) -> Vec<u32> {
         let mut b = vec![0u8; n * 4];
         self.mem.read_into(addr, &mut b).unwrap();
-        b.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+        b.chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     /// Reads `n` bytes.
@@ -67,8 +71,23 @@ impl Gpu {
     }
 
     /// Loads `ptx` (a module body) and launches `kernel` on a 1-D grid.
-    pub fn run(&self, ptx: &str, kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Result<Profile, LaunchError> {
-        self.run_with(ptx, kernel, [grid, 1, 1], [block, 1, 1], 0, args, &Settings::default())
+    pub fn run(
+        &self,
+        ptx: &str,
+        kernel: &str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<Profile, LaunchError> {
+        self.run_with(
+            ptx,
+            kernel,
+            [grid, 1, 1],
+            [block, 1, 1],
+            0,
+            args,
+            &Settings::default(),
+        )
     }
 
     /// The general form of [`Gpu::run`].
@@ -107,7 +126,10 @@ pub const SEEDS: [Option<u64>; 4] = [None, Some(1), Some(7), Some(12345)];
 
 /// Settings with `seed`.
 pub fn seeded(seed: Option<u64>) -> Settings {
-    Settings { seed, ..Settings::default() }
+    Settings {
+        seed,
+        ..Settings::default()
+    }
 }
 
 /// Asserts that `r` failed with `kind` and its report mentions every one of `words`.
