@@ -251,7 +251,8 @@ fn range<'a>(
 /// The PTX text of a module image, as `cuModuleLoadData` receives it: an
 /// nvcc fatbin (the PTX entry of the highest architecture not above
 /// [`DEVICE_ARCH`]), a bare ELF cubin (an error: SASS only), or PTX text
-/// (up to its first NUL byte, if any).
+/// (up to its first NUL byte, if any; text holds no control characters
+/// other than whitespace).
 pub fn ptx_from_image(image: &[u8]) -> Result<String, ImageError> {
     let magic = image
         .get(..4)
@@ -264,8 +265,9 @@ pub fn ptx_from_image(image: &[u8]) -> Result<String, ImageError> {
         }),
         _ => {
             let text = image.split(|&b| b == 0).next().unwrap_or_default();
+            let control = |c: char| c.is_ascii_control() && !c.is_ascii_whitespace();
             match std::str::from_utf8(text) {
-                Ok(s) if !s.trim().is_empty() => Ok(s.to_string()),
+                Ok(s) if !s.trim().is_empty() && !s.contains(control) => Ok(s.to_string()),
                 _ => Err(ImageError::Unrecognised {
                     head: image.iter().take(16).copied().collect(),
                 }),

@@ -75,3 +75,30 @@ pub unsafe fn put<T>(ptr: *mut T, value: T, what: &str) -> Outcome {
     unsafe { ptr.write(value) };
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_and_panics_become_codes() {
+        assert_eq!(guard("test", || Ok(())), CUDA_SUCCESS);
+        assert_eq!(
+            guard("test", || Err(Failure::new(CUDA_ERROR_INVALID_VALUE, "bad"))),
+            CUDA_ERROR_INVALID_VALUE
+        );
+        assert_eq!(guard("test", || panic!("boom")), CUDA_ERROR_UNKNOWN);
+        assert_eq!(guard_with("test", 14, || panic!("boom")), 14);
+    }
+
+    #[test]
+    fn null_out_parameters_are_refused() {
+        // SAFETY: null is refused before any write; the local is valid.
+        unsafe {
+            assert!(put(std::ptr::null_mut::<i32>(), 1, "out").is_err());
+            let mut v = 0;
+            put(&mut v, 5, "out").unwrap();
+            assert_eq!(v, 5);
+        }
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::failure::{guard, report, Failure, Outcome};
 use super::module::max_threads;
 use super::state::{driver, Function};
+use super::status::name as name_of;
 use super::status::{
     CUresult, CUDA_ERROR_ILLEGAL_ADDRESS, CUDA_ERROR_ILLEGAL_INSTRUCTION,
     CUDA_ERROR_INVALID_CONTEXT, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_LAUNCH_FAILED,
@@ -259,9 +260,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 if e.kind != LaunchErrorKind::InvalidConfig {
                     stream.fail(code);
                 }
+                let code_name = name_of(code)
+                    .map_or_else(|| code.to_string(), |n| n.to_string_lossy().into_owned());
                 Err(Failure::new(
                     code,
-                    format!("{name} ({shape}) failed:\n{}", e.report),
+                    format!("{name} ({shape}) failed with {code_name}:\n{}", e.report),
                 ))
             }
         }
