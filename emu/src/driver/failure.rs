@@ -84,7 +84,10 @@ mod tests {
     fn failures_and_panics_become_codes() {
         assert_eq!(guard("test", || Ok(())), CUDA_SUCCESS);
         assert_eq!(
-            guard("test", || Err(Failure::new(CUDA_ERROR_INVALID_VALUE, "bad"))),
+            guard("test", || Err(Failure::new(
+                CUDA_ERROR_INVALID_VALUE,
+                "bad"
+            ))),
             CUDA_ERROR_INVALID_VALUE
         );
         assert_eq!(guard("test", || panic!("boom")), CUDA_ERROR_UNKNOWN);

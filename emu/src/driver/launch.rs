@@ -1,6 +1,8 @@
-//! `cuLaunchKernel`: the parameter buffer from `kernelParams`, the launch
-//! limits of the function, and the interpreter run to completion. A failed
-//! launch is reported on stderr, returned, and left pending on its stream.
+//! `cuLaunchKernel`: the parameter buffer from `kernelParams` (or a packed
+//! `extra` buffer), the launch limits of the function, and the interpreter
+//! run to completion. A launch that fails while running is reported on
+//! stderr, returned, and left pending on its stream; a configuration that
+//! is refused before the launch starts is only returned, as the driver does.
 
 use std::ffi::{c_uint, c_void};
 use std::sync::atomic::Ordering;
