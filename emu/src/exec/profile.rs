@@ -74,8 +74,12 @@ pub struct Profile {
     pub cp_async_bytes: u64,
     /// Warp-level shared-memory requests.
     pub shared_requests: u64,
-    /// Their wavefronts (equal to the requests when there are no bank conflicts).
+    /// Their wavefronts.
     pub shared_wavefronts: u64,
+    /// The fewest wavefronts those requests could take: per request, its
+    /// distinct 4-byte words over the 32 banks, rounded up. Equal to
+    /// `shared_wavefronts` when no request has a bank conflict.
+    pub shared_ideal_wavefronts: u64,
     /// Warp-level global requests.
     pub global_requests: u64,
     /// Their 32-byte sectors.
@@ -111,6 +115,7 @@ impl Profile {
         }
         self.shared_requests += 1;
         self.shared_wavefronts += per_bank.iter().copied().max().unwrap_or(0).max(1) as u64;
+        self.shared_ideal_wavefronts += words.len().div_ceil(32).max(1) as u64;
     }
 
     /// Counts one warp-level global request touching the given byte ranges.
@@ -145,12 +150,15 @@ impl fmt::Display for Profile {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         writeln!(
             f,
-            "  shared: {} B loaded, {} B stored, {} requests, {} wavefronts ({:.2} per request)",
+            "  shared: {} B loaded, {} B stored, {} requests, {} wavefronts ({:.2} per request; \
+             {} without bank conflicts, {:.2}x)",
             self.shared_load_bytes,
             self.shared_store_bytes,
             self.shared_requests,
             self.shared_wavefronts,
-            ratio(self.shared_wavefronts, self.shared_requests)
+            ratio(self.shared_wavefronts, self.shared_requests),
+            self.shared_ideal_wavefronts,
+            ratio(self.shared_wavefronts, self.shared_ideal_wavefronts)
         )?;
         writeln!(
             f,
@@ -162,5 +170,51 @@ impl fmt::Display for Profile {
             ratio(self.global_sectors, self.global_requests)
         )?;
         write!(f, "  cp.async: {} B", self.cp_async_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes(stride: u64, width: u64) -> Vec<(u64, u64)> {
+        (0..32).map(|l| (l * stride, width)).collect()
+    }
+
+    #[test]
+    fn shared_wavefronts_follow_the_bank_rule() {
+        let mut p = Profile::default();
+        // 32 consecutive words: one per bank.
+        p.shared_request(&lanes(4, 4));
+        assert_eq!((p.shared_wavefronts, p.shared_ideal_wavefronts), (1, 1));
+        // Stride of 32 words: every lane in bank 0, a 32-way conflict.
+        let mut p = Profile::default();
+        p.shared_request(&lanes(128, 4));
+        assert_eq!((p.shared_wavefronts, p.shared_ideal_wavefronts), (32, 1));
+        // Every lane the same word: a broadcast, no conflict.
+        let mut p = Profile::default();
+        p.shared_request(&lanes(0, 4));
+        assert_eq!((p.shared_wavefronts, p.shared_ideal_wavefronts), (1, 1));
+        // 16 bytes per lane, consecutive: 512 bytes take 4 wavefronts at best.
+        let mut p = Profile::default();
+        p.shared_request(&lanes(16, 16));
+        assert_eq!((p.shared_wavefronts, p.shared_ideal_wavefronts), (4, 4));
+        // Stride 2 words: 32 words over the 16 even banks, 2-way.
+        let mut p = Profile::default();
+        p.shared_request(&lanes(8, 4));
+        assert_eq!((p.shared_wavefronts, p.shared_ideal_wavefronts), (2, 1));
+    }
+
+    #[test]
+    fn global_sectors_are_distinct_32_byte_sectors() {
+        let mut p = Profile::default();
+        p.global_request(&lanes(4, 4));
+        assert_eq!(p.global_sectors, 4);
+        p.global_request(&lanes(32, 4));
+        assert_eq!(p.global_sectors, 4 + 32);
+        // Misaligned by 4 bytes: 128 bytes straddle 5 sectors.
+        let mut p = Profile::default();
+        p.global_request(&(0..32).map(|l| (4 + 4 * l, 4)).collect::<Vec<_>>());
+        assert_eq!((p.global_requests, p.global_sectors), (1, 5));
     }
 }
