@@ -166,16 +166,17 @@ impl Cx<'_> {
                 continue;
             }
             let open = warp.open_group[l];
-            let queue = std::mem::take(&mut warp.copies[l]);
-            let mut keep = Vec::new();
-            for c in queue {
+            let mut i = 0;
+            while i < warp.copies[l].len() {
+                let c = warp.copies[l][i];
                 // Committed groups are numbered below `open`; all but the
                 // `n` most recent complete.
                 let done = all || (c.group < open && open - c.group > n);
                 if !done {
-                    keep.push(c);
+                    i += 1;
                     continue;
                 }
+                warp.copies[l].remove(i);
                 let mut data = [0u8; 16];
                 if c.src_size > 0 {
                     let Some(r) = self.global.region(c.pc as usize, c.src, c.src_size as u64)
@@ -227,7 +228,6 @@ impl Cx<'_> {
                     ));
                 }
             }
-            warp.copies[l] = keep;
         });
         Ok(())
     }
@@ -252,6 +252,48 @@ impl SplitMix {
             let j = (self.next_u64() % (i as u64 + 1)) as usize;
             v.swap(i, j);
         }
+    }
+}
+
+/// The order CTAs run in: `i -> (a * i + b) mod n` with `a` coprime to
+/// `n` (a bijection), `a = 1, b = 0` for the fixed order.
+pub struct CtaOrder {
+    n: u64,
+    a: u64,
+    b: u64,
+}
+
+impl CtaOrder {
+    /// CTAs in linear order.
+    pub fn linear(n: u64) -> Self {
+        CtaOrder { n, a: 1, b: 0 }
+    }
+
+    /// A pseudo-random order of `n` CTAs drawn from `rng`.
+    pub fn shuffled(n: u64, rng: &mut SplitMix) -> Self {
+        if n < 2 {
+            return Self::linear(n);
+        }
+        let gcd = |mut x: u64, mut y: u64| {
+            while y != 0 {
+                (x, y) = (y, x % y);
+            }
+            x
+        };
+        let mut a = 1 + rng.next_u64() % (n - 1);
+        while gcd(a, n) != 1 {
+            a = 1 + rng.next_u64() % (n - 1);
+        }
+        CtaOrder {
+            n,
+            a,
+            b: rng.next_u64() % n,
+        }
+    }
+
+    /// The linear index of the `i`-th CTA to run.
+    pub fn at(&self, i: u64) -> u64 {
+        ((self.a as u128 * i as u128 + self.b as u128) % self.n as u128) as u64
     }
 }
 

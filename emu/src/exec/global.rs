@@ -37,7 +37,11 @@ pub enum NcConflict {
 pub struct GlobalMem<'v> {
     view: &'v MemoryView<'v>,
     cache: Vec<Option<Region<'v>>>,
-    granules: HashMap<u64, Granules>,
+    /// Per instruction: the allocation and index into `granules` of its
+    /// last `.nc` tracking.
+    track_cache: Vec<Option<(u64, usize)>>,
+    granules: Vec<Granules>,
+    granule_index: HashMap<u64, usize>,
     track_nc: bool,
 }
 
@@ -47,7 +51,9 @@ impl<'v> GlobalMem<'v> {
         GlobalMem {
             view,
             cache: vec![None; instructions],
-            granules: HashMap::new(),
+            track_cache: vec![None; instructions],
+            granules: Vec::new(),
+            granule_index: HashMap::new(),
             track_nc,
         }
     }
@@ -67,9 +73,11 @@ impl<'v> GlobalMem<'v> {
     }
 
     /// Records a `.nc` read (`nc`) or a write of `[addr, addr + len)` in
-    /// `region`, and reports a conflict with the other kind.
+    /// `region` by the instruction at `pc`, and reports a conflict with the
+    /// other kind.
     pub fn track(
         &mut self,
+        pc: usize,
         region: &Region,
         addr: u64,
         len: u64,
@@ -78,10 +86,19 @@ impl<'v> GlobalMem<'v> {
         if !self.track_nc {
             return Ok(());
         }
-        let g = self
-            .granules
-            .entry(region.base)
-            .or_insert_with(|| Granules::new(region.size));
+        let at = match self.track_cache[pc] {
+            Some((base, i)) if base == region.base => i,
+            _ => {
+                let next = self.granules.len();
+                let i = *self.granule_index.entry(region.base).or_insert(next);
+                if i == next {
+                    self.granules.push(Granules::new(region.size));
+                }
+                self.track_cache[pc] = Some((region.base, i));
+                i
+            }
+        };
+        let g = &mut self.granules[at];
         let first = (addr - region.base) / 4;
         let last = (addr + len - 1 - region.base) / 4;
         for k in first..=last {

@@ -14,6 +14,42 @@ use crate::numeric::float::{self, F32Mods, F32Op};
 use crate::numeric::tensor::{self, MmaType};
 use crate::numeric::Rounding;
 
+/// Reads one little-endian element of `width` bytes at `p`.
+///
+/// # Safety
+/// `p` must be valid for reading `width` bytes.
+#[inline]
+unsafe fn read_elem(p: *const u8, width: u8) -> u64 {
+    // SAFETY: the caller guarantees `width` readable bytes; unaligned reads
+    // are allowed.
+    unsafe {
+        match width {
+            1 => *p as u64,
+            2 => u16::from_le(std::ptr::read_unaligned(p as *const u16)) as u64,
+            4 => u32::from_le(std::ptr::read_unaligned(p as *const u32)) as u64,
+            _ => u64::from_le(std::ptr::read_unaligned(p as *const u64)),
+        }
+    }
+}
+
+/// Writes the low `width` bytes of `v` at `p`, little-endian.
+///
+/// # Safety
+/// `p` must be valid for writing `width` bytes.
+#[inline]
+unsafe fn write_elem(p: *mut u8, width: u8, v: u64) {
+    // SAFETY: the caller guarantees `width` writable bytes; unaligned writes
+    // are allowed.
+    unsafe {
+        match width {
+            1 => *p = v as u8,
+            2 => std::ptr::write_unaligned(p as *mut u16, (v as u16).to_le()),
+            4 => std::ptr::write_unaligned(p as *mut u32, (v as u32).to_le()),
+            _ => std::ptr::write_unaligned(p as *mut u64, v.to_le()),
+        }
+    }
+}
+
 /// Reads `width` little-endian bytes.
 fn read_le(bytes: &[u8]) -> u64 {
     let mut v = 0u64;
@@ -132,7 +168,7 @@ impl Warp {
         let Some(r) = cx.global.region(pc as usize, addr, len) else {
             return Ok(());
         };
-        match cx.global.track(&r, addr, len, nc) {
+        match cx.global.track(pc as usize, &r, addr, len, nc) {
             Ok(()) => Ok(()),
             Err(c) => {
                 let msg = match c {
@@ -160,29 +196,26 @@ impl Warp {
         let total = width * acc.count as u64;
         let profiling = cx.profile.is_some();
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let mut buf = [0u8; 32];
         lanes!(act, |l| {
             let addr = self.address(acc.addr, l);
-            match acc.space {
+            let src: *const u8 = match acc.space {
                 MemSpace::Global => {
                     let ptr = self.check_global(cx, addr, total, total, l, pc)?;
                     if cx.checks && acc.nc {
                         self.track_nc(cx, addr, total, true, l, pc)?;
                     }
-                    // SAFETY: `check_global` proved `[addr, addr + total)` lies in a
-                    // live allocation that the launch's view keeps alive; `buf` holds
-                    // at most 32 bytes and `total` is at most 32.
-                    unsafe { std::ptr::copy_nonoverlapping(ptr, buf.as_mut_ptr(), total as usize) };
+                    ptr
                 }
                 MemSpace::Shared => {
                     self.check_shared(cx, AccessKind::Read, addr, total, l, pc)?;
-                    let at = addr as usize;
-                    buf[..total as usize]
-                        .copy_from_slice(&cx.shared.bytes[at..at + total as usize]);
+                    cx.shared.bytes[addr as usize..(addr + total) as usize].as_ptr()
                 }
-            }
+            };
             for k in 0..acc.count as usize {
-                let raw = read_le(&buf[k * width as usize..(k + 1) * width as usize]);
+                // SAFETY: `[addr, addr + total)` was checked to lie in a live
+                // allocation (kept alive by the launch's view) or in the shared
+                // window; element `k` lies inside it.
+                let raw = unsafe { read_elem(src.add(k * width as usize), acc.width) };
                 let v = if acc.signed {
                     super::alu::sext(raw, acc.width as u32 * 8)
                 } else {
@@ -227,28 +260,25 @@ impl Warp {
         let total = width * acc.count as u64;
         let profiling = cx.profile.is_some();
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let mut buf = [0u8; 32];
         lanes!(act, |l| {
             let addr = self.address(acc.addr, l);
-            for k in 0..acc.count as usize {
-                let v = self.reg(acc.regs[k], l);
-                write_le(&mut buf[k * width as usize..(k + 1) * width as usize], v);
-            }
-            match acc.space {
+            let dst: *mut u8 = match acc.space {
                 MemSpace::Global => {
                     let ptr = self.check_global(cx, addr, total, total, l, pc)?;
                     if cx.checks {
                         self.track_nc(cx, addr, total, false, l, pc)?;
                     }
-                    // SAFETY: as in `load`, with the copy reversed.
-                    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), ptr, total as usize) };
+                    ptr
                 }
                 MemSpace::Shared => {
                     self.check_shared(cx, AccessKind::Write, addr, total, l, pc)?;
-                    let at = addr as usize;
-                    cx.shared.bytes[at..at + total as usize]
-                        .copy_from_slice(&buf[..total as usize]);
+                    cx.shared.bytes[addr as usize..(addr + total) as usize].as_mut_ptr()
                 }
+            };
+            for k in 0..acc.count as usize {
+                let v = self.reg(acc.regs[k], l);
+                // SAFETY: as in `load`, for writing.
+                unsafe { write_elem(dst.add(k * width as usize), acc.width, v) };
             }
             if profiling {
                 ranges.push((addr, total));
@@ -361,6 +391,7 @@ impl Warp {
         pc: u32,
         act: u32,
     ) -> Result<(), LaunchError> {
+        let profiling = cx.profile.is_some();
         let mut ranges = Vec::new();
         lanes!(act, |l| {
             let d = self.address(dst, l);
@@ -412,7 +443,9 @@ impl Warp {
                 group: self.open_group[l],
                 pc,
             });
-            ranges.push((s, n));
+            if profiling {
+                ranges.push((s, n));
+            }
         });
         if let Some(p) = cx.profile.as_mut() {
             let n = act.count_ones();

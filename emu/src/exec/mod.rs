@@ -141,6 +141,12 @@ pub struct Program {
     decoded: Vec<decode::DecodedKernel>,
 }
 
+// One program is launched from many threads at once.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Program>();
+};
+
 impl Program {
     /// Parses and decodes PTX text.
     pub fn from_ptx(text: &str) -> Result<Program, LoadError> {
@@ -266,14 +272,16 @@ pub fn launch(
     };
     let [gx, gy, gz] = config.grid;
     let ctas = gx as u64 * gy as u64 * gz as u64;
-    let mut order: Vec<u64> = (0..ctas).collect();
     let mut rng = settings.seed.map(cta::SplitMix);
-    if let Some(r) = rng.as_mut() {
-        r.shuffle(&mut order);
-    }
+    let order = rng.as_mut().map_or(cta::CtaOrder::linear(ctas), |r| {
+        cta::CtaOrder::shuffled(ctas, r)
+    });
     let threads = config.block.iter().product::<u32>();
     let nwarps = threads.div_ceil(32) as usize;
-    for lin in order {
+    let mut warps: Vec<warp::Warp> = (0..nwarps)
+        .map(|w| warp::Warp::new(k, w, config.block))
+        .collect();
+    for lin in (0..ctas).map(|i| order.at(i)) {
         let id = [
             (lin % gx as u64) as u32,
             ((lin / gx as u64) % gy as u64) as u32,
@@ -283,9 +291,9 @@ pub fn launch(
         cx.bar_gen = 0;
         cx.arrivals = [0; 16];
         cx.shared.reset(window);
-        let mut warps: Vec<warp::Warp> = (0..nwarps)
-            .map(|w| warp::Warp::new(k, w, config.block, config.grid, id))
-            .collect();
+        for w in &mut warps {
+            w.start(k, config.block, config.grid, id);
+        }
         cta::run_cta(&mut cx, &mut warps, &mut rng)?;
         if let Some(p) = cx.profile.as_mut() {
             p.ctas += 1;

@@ -126,15 +126,9 @@ macro_rules! lanes {
 pub(crate) use lanes;
 
 impl Warp {
-    /// Warp `index` of a CTA of `block` threads, registers initialised
-    /// from the kernel's constant and special slots.
-    pub fn new(
-        k: &DecodedKernel,
-        index: usize,
-        block: [u32; 3],
-        grid: [u32; 3],
-        cta: [u32; 3],
-    ) -> Self {
+    /// Warp `index` of a CTA of `block` threads, ready for
+    /// [`Warp::start`].
+    pub fn new(k: &DecodedKernel, index: usize, block: [u32; 3]) -> Self {
         let threads = block[0] * block[1] * block[2];
         let first = index as u32 * 32;
         let n = threads.saturating_sub(first).min(32);
@@ -148,7 +142,7 @@ impl Warp {
                 lin / (block[0] * block[1]),
             ];
         }
-        let mut w = Warp {
+        Warp {
             index,
             regs: vec![0; k.num_slots * 32],
             preds: vec![0; k.num_preds],
@@ -167,20 +161,42 @@ impl Warp {
             sync_gen: 0,
             sync_seen: [0; 32],
             tid,
-        };
-        let nwarps = threads.div_ceil(32);
+        }
+    }
+
+    /// Resets the warp to the start of the kernel in CTA `cta` (registers
+    /// zeroed, then the constant and special slots filled), reusing its
+    /// buffers.
+    pub fn start(&mut self, k: &DecodedKernel, block: [u32; 3], grid: [u32; 3], cta: [u32; 3]) {
+        self.regs.fill(0);
+        self.preds.fill(0);
+        self.pc = [0; 32];
+        self.exited = !self.present;
+        self.waiting = 0;
+        self.at_barrier = 0;
+        self.barrier = None;
+        self.gpc = 0;
+        self.gmask = 0;
+        self.other_min = u32::MAX;
+        for c in &mut self.copies {
+            c.clear();
+        }
+        self.open_group = [0; 32];
+        self.sync_gen = 0;
+        self.sync_seen = [0; 32];
+        let nwarps = (block[0] * block[1] * block[2]).div_ceil(32);
+        let index = self.index as u32;
         for &(slot, init) in &k.init {
             let base = slot as usize * 32;
-            for (l, t) in tid.iter().enumerate() {
-                w.regs[base + l] = match init {
+            for (l, t) in self.tid.iter().enumerate() {
+                self.regs[base + l] = match init {
                     SlotInit::Const(v) => v,
                     SlotInit::Special(sp) => {
-                        special_value(sp, l as u32, index as u32, nwarps, t, block, grid, cta)
+                        special_value(sp, l as u32, index, nwarps, t, block, grid, cta)
                     }
                 };
             }
         }
-        w
     }
 
     /// Lanes that have not exited.

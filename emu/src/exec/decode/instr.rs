@@ -1448,12 +1448,11 @@ impl<'m> Decoder<'m> {
             None
         };
         m.finish()?;
-        let (id_at, args) = if red_op.is_some() {
-            (1, &ops[1..])
-        } else {
-            (0, ops)
+        let args = match (red_op.is_some(), ops.split_first()) {
+            (true, Some((_, rest))) => rest,
+            (true, None) => return Err("bar.red needs a destination".into()),
+            (false, _) => ops,
         };
-        let _ = id_at;
         let (id_op, count_op, pred_op) = match (red_op.is_some(), args) {
             (false, [a]) => (a, None, None),
             (false, [a, b]) => (a, Some(b), None),

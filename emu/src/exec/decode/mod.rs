@@ -176,7 +176,7 @@ fn reachable<'m>(
         let Statement::Instruction(i) = s else {
             continue;
         };
-        if i.opcode[0] != "call" {
+        if i.opcode.first().map(String::as_str) != Some("call") {
             continue;
         }
         let callee = call_target(i).ok_or_else(|| LoadError {
@@ -446,6 +446,12 @@ impl<'m> Decoder<'m> {
             match s {
                 Statement::Label(l) => {
                     labels.insert(l.as_str(), self.code.len());
+                }
+                Statement::Instruction(i) if i.opcode.is_empty() => {
+                    return Err(LoadError {
+                        line: i.line,
+                        message: "an instruction without an opcode".into(),
+                    });
                 }
                 Statement::Instruction(i) => {
                     let text = instr::text(i);
