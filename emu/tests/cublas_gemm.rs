@@ -651,6 +651,7 @@ fn handles_are_checked_and_bound_to_a_context() {
         expect(cublasSetMathMode(h, 0), CUBLAS_STATUS_NOT_INITIALIZED);
     }
     assert_eq!(version, VERSION);
+    assert_eq!(cublasGetCudartVersion(), 13_000);
     let without_context = std::thread::spawn(|| {
         let mut h = null_mut();
         // SAFETY: a valid out-parameter.

@@ -293,3 +293,10 @@ pub unsafe extern "C" fn cublasGetVersion_v2(
         unsafe { put(out, VERSION, "version") }.map_err(invalid)
     })
 }
+
+/// `cublasGetCudartVersion`: the CUDA runtime version the shim stands for
+/// (13.0; this entry returns a `size_t`, not a status).
+#[no_mangle]
+pub extern "C" fn cublasGetCudartVersion() -> usize {
+    13_000
+}

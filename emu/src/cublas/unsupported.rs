@@ -2,7 +2,8 @@
 //! (`load::<_F>("...")` in its `cublas/sys/mod.rs`, all CUDA versions, less
 //! the ones this shim implements): each returns
 //! `CUBLAS_STATUS_NOT_SUPPORTED` and says so on stderr (see
-//! [`crate::driver::unsupported`] for why a no-argument stub is safe).
+//! [`crate::driver::unsupported`] for why a no-argument stub is safe;
+//! `cublasXerbla` returns nothing, so its caller ignores the value).
 
 use super::status::CUBLAS_STATUS_NOT_SUPPORTED;
 use crate::driver::unsupported::not_emulated;
@@ -240,7 +241,6 @@ not_emulated! { CUBLAS_STATUS_NOT_SUPPORTED;
     cublasGemmGroupedBatchedEx_64
     cublasGemmStridedBatchedEx_64
     cublasGetAtomicsMode
-    cublasGetCudartVersion
     cublasGetEmulationStrategy
     cublasGetLoggerCallback
     cublasGetMatrix

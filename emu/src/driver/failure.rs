@@ -1,6 +1,7 @@
 //! What an entry point returns when it fails, and the guard every entry point
 //! runs its body in (reports on stderr, catches panics).
 
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::status::{CUresult, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_UNKNOWN, CUDA_SUCCESS};
@@ -27,9 +28,10 @@ impl Failure {
 /// The result of an entry point's body.
 pub type Outcome<T = ()> = Result<T, Failure>;
 
-/// Prints one line of the emulator's report on stderr.
+/// Prints one line of the emulator's report on stderr (a failed write is
+/// ignored: `eprintln!` would panic, and a panic must not leave an FFI call).
 pub fn report(entry: &str, message: &str) {
-    eprintln!("dropless-emu: {entry}: {message}");
+    let _ = writeln!(std::io::stderr(), "dropless-emu: {entry}: {message}");
 }
 
 /// Runs the body of driver entry point `entry`: success is `CUDA_SUCCESS`, a
