@@ -24,7 +24,7 @@
 //! of column `groupID`.
 
 use super::convert::{bf16_to_f32, f16_to_f32};
-use super::float::{f32_binary, f32_fma, F32Mods, F32Op};
+use super::float::{f32_fma, F32Mods};
 
 /// The operand type of an `mma`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +71,12 @@ pub fn mma_m16n8k16(
         }
     }
     let dots = dot_products(&am, &bm);
-    let rn = F32Mods::default();
     let mut d = [[0u32; 4]; 32];
     for (lane, out) in d.iter_mut().enumerate() {
         let (group, tig) = (lane >> 2, lane % 4);
         for (i, slot) in out.iter_mut().enumerate() {
             let (row, col) = (group + 8 * (i >> 1), 2 * tig + (i & 1));
-            *slot = f32_binary(F32Op::Add, dots[row][col], cm[row][col], rn);
+            *slot = add_rn(dots[row][col], cm[row][col]);
         }
     }
     d
@@ -88,35 +87,73 @@ pub fn mma_m16n8k16(
 /// additive identity under round-to-nearest).
 ///
 /// A product of two f16 or bf16 values has at most 22 significant bits, so
-/// in f32 it is exact unless it leaves the normal range; while every
-/// product of a row is exact, `acc + a * b` in host f32 arithmetic is the
-/// correctly rounded `fma`, and the row is computed that way (vectorised
-/// across the 8 columns). A row with an inexact product (f32 underflow or
-/// overflow, or a NaN) is recomputed with the exact `fma`.
+/// in f32 it is exact unless it leaves the normal range. When the operands'
+/// magnitudes show that no product can (every operand finite, the smallest
+/// nonzero product normal, the largest finite), `acc + a * b` in host f32
+/// arithmetic is the correctly rounded `fma` for every step, and the whole
+/// product runs that way, vectorised across the 8 columns. Otherwise (f32
+/// underflow or overflow of some product, infinities, NaN) each step is the
+/// exact `fma`.
 fn dot_products(a: &[[u32; 16]; 16], b: &[[u32; 8]; 16]) -> [[u32; 8]; 16] {
+    if !products_exact(a.as_flattened(), b.as_flattened()) {
+        let rn = F32Mods::default();
+        return std::array::from_fn(|row| {
+            std::array::from_fn(|col| {
+                (0..16).fold(0x8000_0000, |acc, k| f32_fma(a[row][k], b[k][col], acc, rn))
+            })
+        });
+    }
     let bf: [[f32; 8]; 16] = b.map(|row| row.map(f32::from_bits));
-    let rn = F32Mods::default();
-    let mut out = [[0u32; 8]; 16];
-    for (row, out_row) in a.iter().zip(out.iter_mut()) {
+    a.map(|row| {
         let mut acc = [-0.0f32; 8];
-        let mut exact = true;
-        for (k, &bits) in row.iter().enumerate() {
-            let x = f32::from_bits(bits);
-            for (acc, &y) in acc.iter_mut().zip(bf[k].iter()) {
-                let p = x * y;
-                exact &= p.is_normal() || (p == 0.0 && (x == 0.0 || y == 0.0));
-                *acc += p;
+        for (&x, bk) in row.iter().zip(bf.iter()) {
+            let x = f32::from_bits(x);
+            for (acc, &y) in acc.iter_mut().zip(bk.iter()) {
+                *acc += x * y;
             }
         }
-        *out_row = if exact {
-            acc.map(f32::to_bits)
-        } else {
-            std::array::from_fn(|col| {
-                (0..16).fold(0x8000_0000, |acc, k| f32_fma(row[k], b[k][col], acc, rn))
-            })
-        };
+        acc.map(f32::to_bits)
+    })
+}
+
+/// `add.rn.f32`: the host's IEEE sum, NaN made canonical.
+fn add_rn(a: u32, b: u32) -> u32 {
+    let sum = f32::from_bits(a) + f32::from_bits(b);
+    if sum.is_nan() {
+        0x7fff_ffff
+    } else {
+        sum.to_bits()
     }
-    out
+}
+
+/// Whether every product of an element of `a` and one of `b` (f32 bits of
+/// f16 or bf16 values, at most 11 significant bits each) is exact in f32:
+/// all finite, and the products of the extreme nonzero magnitudes normal
+/// and finite (bounds computed in f64, where these products are exact).
+fn products_exact(a: &[u32], b: &[u32]) -> bool {
+    let range = |v: &[u32]| {
+        let mut finite = true;
+        let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+        for &bits in v {
+            let x = f32::from_bits(bits).abs();
+            finite &= x.is_finite();
+            if x != 0.0 {
+                lo = lo.min(f64::from(x));
+                hi = hi.max(f64::from(x));
+            }
+        }
+        (finite, lo, hi)
+    };
+    let (fa, lo_a, hi_a) = range(a);
+    let (fb, lo_b, hi_b) = range(b);
+    if !(fa && fb) {
+        return false;
+    }
+    // No nonzero operand on one side: every product is an exact zero.
+    if hi_a == 0.0 || hi_b == 0.0 {
+        return true;
+    }
+    lo_a * lo_b >= f64::from(f32::MIN_POSITIVE) && hi_a * hi_b <= f64::from(f32::MAX)
 }
 
 /// `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16` for a whole
