@@ -188,7 +188,15 @@ fn run<T: LayerElement>(args: &Args, backend: Backend) -> Result<(), String> {
     );
     println!(
         "device {}, dtype {}: {} tokens in {:.3} ms: {:.0} tokens/s, {:.1} GFLOP/s",
-        device.name(),
+        match &device {
+            Backend::Cuda(gpu) => format!(
+                "cuda ({})",
+                gpu.context()
+                    .name()
+                    .unwrap_or_else(|_| "unnamed GPU".into())
+            ),
+            Backend::Cpu => device.name().to_string(),
+        },
         T::DTYPE,
         args.tokens,
         seconds * 1e3,

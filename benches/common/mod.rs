@@ -6,14 +6,19 @@ use std::time::Duration;
 use dropless::cuda::{CudaBackend, DeviceElement, DeviceTensor, KERNELS_BUILT};
 use dropless::Element;
 
-/// The GPU, or `None` after printing why the GPU benches are skipped.
+/// The GPU (after printing its name, so that a run on the emulator says
+/// so), or `None` after printing why the GPU benches are skipped.
 pub fn gpu_or_skip(bench: &str) -> Option<CudaBackend> {
     match CudaBackend::try_new() {
         Ok(_) if !KERNELS_BUILT => {
             println!("{bench}: skipped: {}", dropless::Error::KernelsNotBuilt);
             None
         }
-        Ok(b) => Some(b),
+        Ok(b) => {
+            let name = b.context().name().unwrap_or_else(|_| "unnamed GPU".into());
+            println!("{bench}: on {name}");
+            Some(b)
+        }
         Err(e) => {
             println!("{bench}: skipped, no GPU: {e}");
             None
