@@ -231,19 +231,13 @@ impl Warp {
             }
         });
         if let Some(p) = cx.profile.as_mut() {
-            let n = act.count_ones();
-            match acc.space {
-                MemSpace::Global => {
-                    p.count(Class::GlobalLoad, n);
-                    p.global_load_bytes += total * n as u64;
-                    p.global_request(&ranges);
-                }
-                MemSpace::Shared => {
-                    p.count(Class::SharedLoad, n);
-                    p.shared_load_bytes += total * n as u64;
-                    p.shared_request(&ranges);
-                }
-            }
+            p.memory(
+                acc.space == MemSpace::Shared,
+                false,
+                act.count_ones(),
+                total,
+                Some(&ranges),
+            );
         }
         Ok(())
     }
@@ -285,19 +279,13 @@ impl Warp {
             }
         });
         if let Some(p) = cx.profile.as_mut() {
-            let n = act.count_ones();
-            match acc.space {
-                MemSpace::Global => {
-                    p.count(Class::GlobalStore, n);
-                    p.global_store_bytes += total * n as u64;
-                    p.global_request(&ranges);
-                }
-                MemSpace::Shared => {
-                    p.count(Class::SharedStore, n);
-                    p.shared_store_bytes += total * n as u64;
-                    p.shared_request(&ranges);
-                }
-            }
+            p.memory(
+                acc.space == MemSpace::Shared,
+                true,
+                act.count_ones(),
+                total,
+                Some(&ranges),
+            );
         }
         Ok(())
     }
@@ -364,17 +352,13 @@ impl Warp {
             }
         });
         if let Some(p) = cx.profile.as_mut() {
-            let n = act.count_ones();
-            match space {
-                MemSpace::Global => {
-                    p.count(Class::GlobalStore, n);
-                    p.global_store_bytes += size * n as u64;
-                }
-                MemSpace::Shared => {
-                    p.count(Class::SharedStore, n);
-                    p.shared_store_bytes += size * n as u64;
-                }
-            }
+            p.memory(
+                space == MemSpace::Shared,
+                true,
+                act.count_ones(),
+                size,
+                None,
+            );
         }
         Ok(())
     }

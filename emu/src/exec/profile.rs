@@ -97,6 +97,33 @@ impl Profile {
         self.by_class[class as usize] += lanes as u64;
     }
 
+    /// Counts one warp-level load or store (atomics count as stores) of
+    /// `bytes` per lane by `lanes` threads, to shared or global memory, and,
+    /// given the byte ranges it touched, the request's wavefronts or sectors.
+    pub fn memory(
+        &mut self,
+        shared: bool,
+        store: bool,
+        lanes: u32,
+        bytes: u64,
+        ranges: Option<&[(u64, u64)]>,
+    ) {
+        let moved = bytes * lanes as u64;
+        let (class, total) = match (shared, store) {
+            (false, false) => (Class::GlobalLoad, &mut self.global_load_bytes),
+            (false, true) => (Class::GlobalStore, &mut self.global_store_bytes),
+            (true, false) => (Class::SharedLoad, &mut self.shared_load_bytes),
+            (true, true) => (Class::SharedStore, &mut self.shared_store_bytes),
+        };
+        *total += moved;
+        self.count(class, lanes);
+        match ranges {
+            Some(r) if shared => self.shared_request(r),
+            Some(r) => self.global_request(r),
+            None => {}
+        }
+    }
+
     /// Counts one warp-level shared request touching the given byte ranges.
     pub fn shared_request(&mut self, ranges: &[(u64, u64)]) {
         let mut words: Vec<u64> = Vec::with_capacity(ranges.len() * 4);
