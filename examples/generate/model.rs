@@ -4,12 +4,10 @@
 //! MoE layer is `dropless::reference::moe::forward`. The layer structs are
 //! `pub(crate)` so that the GPU model (`gpu.rs`) can take their arrays over.
 
-use std::any::Any;
-use std::borrow::Cow;
 use std::time::Instant;
 
 use dropless::config::{MlpKind, MoeConfig, MoeWeights};
-use dropless::reference::lm::{add, attention, embedding, rms_norm, rope};
+use dropless::reference::lm::{self, add, attention, embedding, rms_norm, rope};
 use dropless::reference::moe;
 use dropless::topology::CPU_BLOCK_SIZES;
 use dropless::Element;
@@ -19,21 +17,15 @@ use crate::checkpoint::TensorSource;
 use crate::config::{Family, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 
-/// A matrix as f32: borrowed when `T` is f32, widened otherwise.
-fn as_f32<T: Element>(a: &Array2<T>) -> Cow<'_, Array2<f32>> {
-    match (a as &dyn Any).downcast_ref::<Array2<f32>>() {
-        Some(f) => Cow::Borrowed(f),
-        None => Cow::Owned(a.mapv(|v| v.to_f32())),
-    }
-}
-
 /// `x · weightᵀ (+ bias)` in f32 (`weight` is `[out, in]`), unrounded.
 fn matmul_t<T: Element>(
     x: &Array2<T>,
     weight: &Array2<T>,
     bias: Option<&Array1<T>>,
 ) -> Array2<f32> {
-    let mut y = as_f32(x).dot(&as_f32(weight).t());
+    // The checkpoint loader checks every weight's shape against the config.
+    let mut y =
+        lm::linear(x.view(), weight.view()).expect("weights are loaded with matching shapes");
     if let Some(b) = bias {
         for mut row in y.rows_mut() {
             row.iter_mut()

@@ -31,6 +31,7 @@ use crate::config::{AuxLossCoefficients, MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::reference::activation::{gelu_grad, silu, silu_grad};
+use crate::reference::gemm;
 use crate::reference::moe::{require_w3, MoeSaved};
 use crate::reference::permute::{padded_gather, padded_scatter, padded_scatter_weight_grad};
 use crate::reference::router_grad::route_backward;
@@ -145,8 +146,8 @@ pub fn backward<T: Element>(
         aux,
     )?
     .mapv(T::from_f32);
-    let router = matmul_f32(dlogits.t(), saved.x().view()).mapv(T::from_f32);
-    let dx_router = matmul_f32(dlogits.view(), weights.router.view());
+    let router = gemm::matmul_t(dlogits.t(), saved.x().view()).mapv(T::from_f32);
+    let dx_router = gemm::matmul_t(dlogits.view(), weights.router.view());
     let x = Zip::from(&dx)
         .and(&dx_router)
         .map_collect(|&a, &b| T::from_f32(a.to_f32() + b));
@@ -157,11 +158,6 @@ pub fn backward<T: Element>(
         w3,
         w2,
     })
-}
-
-/// `a · b` with operands widened to f32 and f32 accumulation (unrounded).
-fn matmul_f32<T: Element>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<f32> {
-    a.mapv(T::to_f32).dot(&b.mapv(T::to_f32))
 }
 
 /// `grad_y ⊙ gelu'(x)` on the blocks (both on the saved topology), rounded to `T`.

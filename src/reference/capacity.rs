@@ -15,7 +15,6 @@
 //! Same router, expert MLP and roundings as [`crate::reference::moe::forward`]:
 //! with a capacity of at least `tokens` nothing is dropped and both agree.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2};
 
 use crate::checks::{check_nonempty, check_top_k};
@@ -23,6 +22,7 @@ use crate::config::{MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
+use crate::reference::gemm::{gemm_into, Threads};
 use crate::reference::moe::{check_input, router_logits};
 use crate::reference::permute::{histogram, inclusive_cumsum, sort_by_expert};
 use crate::reference::routing::{route, Routing};
@@ -112,7 +112,7 @@ fn expert_mlp<T: Element>(
     let round = |v: f32| T::from_f32(v).to_f32();
     let project = |w: &Array2<f32>| {
         let mut h = Array2::<f32>::zeros((x.nrows(), config.ffn));
-        general_mat_mul(1.0, x, &w.t(), 0.0, &mut h);
+        gemm_into(x.view(), w.t(), h.view_mut(), false, Threads::All);
         h.mapv(round)
     };
     let h1 = project(&widen(&weights.w1));
@@ -129,7 +129,13 @@ fn expert_mlp<T: Element>(
         }
     };
     let mut y = Array2::<f32>::zeros((x.nrows(), config.hidden));
-    general_mat_mul(1.0, &act, &widen(&weights.w2), 0.0, &mut y);
+    gemm_into(
+        act.view(),
+        widen(&weights.w2).view(),
+        y.view_mut(),
+        false,
+        Threads::All,
+    );
     Ok(y.mapv(round))
 }
 

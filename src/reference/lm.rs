@@ -7,6 +7,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
+use crate::reference::gemm;
 
 /// Checks that a 2-D operand has `want` columns.
 fn expect_cols(op: &'static str, name: &str, cols: usize, want: usize) -> Result<()> {
@@ -289,4 +290,14 @@ pub fn add<T: Element>(a: ArrayView2<T>, b: ArrayView2<T>) -> Result<Array2<T>> 
         *o = T::from_f32(x.to_f32() + y.to_f32());
     }
     Ok(out)
+}
+
+/// A linear layer's product `x · weightᵀ` in f32 (`x` is `[rows, in]`,
+/// `weight` is `[out, in]`, the Hugging Face layout), unrounded: operands
+/// widened to f32 once, f32 accumulation, every rayon thread.
+///
+/// Errors: [`Error::ShapeMismatch`] when `weight` has not `in` columns.
+pub fn linear<T: Element>(x: ArrayView2<T>, weight: ArrayView2<T>) -> Result<Array2<f32>> {
+    expect_cols("lm::linear", "weight", weight.ncols(), x.ncols())?;
+    Ok(gemm::matmul_t(x, weight.t()))
 }

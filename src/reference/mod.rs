@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod backward;
 pub mod capacity;
+pub(crate) mod gemm;
 pub mod lm;
 pub mod loss;
 pub mod moe;

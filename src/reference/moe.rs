@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView2};
+use rayon::prelude::*;
 
 use crate::checks::check_nonempty;
 use crate::config::{MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
+use crate::reference::gemm;
 use crate::reference::loss::{load_balancing_loss, router_z_loss};
 use crate::reference::permute::{
     histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter, sort_by_expert,
@@ -41,16 +43,29 @@ pub struct MoeOutput<T> {
 
 /// Router logits `x · routerᵀ`, accumulated in f32 in order of the hidden axis.
 pub(crate) fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<f32> {
-    let mut logits = Array2::<f32>::zeros((x.nrows(), router.nrows()));
-    for ((t, e), l) in logits.indexed_iter_mut() {
-        *l = x
-            .row(t)
-            .iter()
-            .zip(router.row(e).iter())
-            .fold(0.0f32, |acc, (&a, &b)| acc + a.to_f32() * b.to_f32());
+    let experts = router.nrows();
+    let mut logits = Array2::<f32>::zeros((x.nrows(), experts));
+    if experts == 0 {
+        return logits;
     }
+    let router = gemm::as_f32(router);
+    let data = logits.as_slice_mut().expect("a new array is contiguous");
+    data.par_chunks_mut(experts)
+        .enumerate()
+        .for_each(|(t, row)| {
+            let xt: Vec<f32> = x.row(t).iter().map(|v| v.to_f32()).collect();
+            for (l, r) in row.iter_mut().zip(router.rows()) {
+                *l = xt
+                    .iter()
+                    .zip(r.iter())
+                    .fold(0.0f32, |acc, (&a, &b)| acc + a * b);
+            }
+        });
     logits
 }
+
+/// Elements per rayon task when applying the activation.
+const ACTIVATION_CHUNK: usize = 1 << 14;
 
 /// Everything the backward needs from a forward, as the GPU path keeps it:
 /// the input, the router's logits and decision, the padded layout, the
@@ -158,16 +173,26 @@ fn expert_hidden<T: Element>(
     let mut hidden = pre_w1.clone();
     let pre_w3 = match config.mlp {
         MlpKind::Plain => {
-            for a in hidden.data_mut() {
-                *a = T::from_f32(gelu(a.to_f32()));
-            }
+            hidden
+                .data_mut()
+                .par_chunks_mut(ACTIVATION_CHUNK)
+                .for_each(|c| {
+                    c.iter_mut()
+                        .for_each(|a| *a = T::from_f32(gelu(a.to_f32())))
+                });
             None
         }
         MlpKind::Glu => {
             let pre_w3 = sdd(x_gathered, require_w3(weights)?.view(), true, topology)?;
-            for (a, &b) in hidden.data_mut().iter_mut().zip(pre_w3.data()) {
-                *a = T::from_f32(silu(a.to_f32()) * b.to_f32());
-            }
+            hidden
+                .data_mut()
+                .par_chunks_mut(ACTIVATION_CHUNK)
+                .zip(pre_w3.data().par_chunks(ACTIVATION_CHUNK))
+                .for_each(|(h, g)| {
+                    for (a, &b) in h.iter_mut().zip(g) {
+                        *a = T::from_f32(silu(a.to_f32()) * b.to_f32());
+                    }
+                });
             Some(pre_w3)
         }
     };

@@ -9,14 +9,18 @@
 
 use std::sync::Arc;
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, Array3, ArrayView2, Axis};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2};
+use rayon::prelude::*;
 
 use crate::checks::check_nonempty;
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
+use crate::reference::gemm::{self, as_f32, gemm_into, Threads};
 use crate::sparse::{BlockSparse, SparseView};
 use crate::topology::Topology;
+
+/// Rows of the output per rayon task in [`dds`].
+const DDS_ROWS: usize = 64;
 
 /// `A · op(B)` computed only on the topology's blocks.
 ///
@@ -62,25 +66,33 @@ pub fn sdd<T: Element>(
     check_i32("sdd: elements of A", product(&[rows, k]))?;
     check_i32("sdd: elements of B", product(&[cols, k]))?;
 
-    let a32 = widen(a);
-    // op(B) as a [k, cols] view; matrixmultiply handles either stride order.
-    let b32 = widen(b);
+    let a32 = as_f32(a);
+    let b32 = as_f32(b);
+    // op(B) as a [k, cols] view; gemm takes either stride order.
     let b_op = if trans_b { b32.t() } else { b32.view() };
 
+    // One rayon task per stored block (a `bs x bs x k` product each).
     let bs = topology.block_size();
-    let mut data = Vec::with_capacity(topology.num_elements());
-    let mut tile = Array2::<f32>::zeros((bs, bs));
-    for (&r, &c) in topology.row_indices().iter().zip(topology.column_indices()) {
-        let (r0, c0) = (r as usize * bs, c as usize * bs);
-        general_mat_mul(
-            1.0,
-            &a32.slice(s![r0..r0 + bs, ..]),
-            &b_op.slice(s![.., c0..c0 + bs]),
-            0.0,
-            &mut tile,
+    let mut data = vec![T::default(); topology.num_elements()];
+    data.par_chunks_mut(bs * bs)
+        .zip(topology.row_indices().par_iter())
+        .zip(topology.column_indices().par_iter())
+        .for_each_init(
+            || Array2::<f32>::zeros((bs, bs)),
+            |tile, ((out, &r), &c)| {
+                let (r0, c0) = (r as usize * bs, c as usize * bs);
+                gemm_into(
+                    a32.slice(s![r0..r0 + bs, ..]),
+                    b_op.slice(s![.., c0..c0 + bs]),
+                    tile.view_mut(),
+                    false,
+                    Threads::One,
+                );
+                out.iter_mut()
+                    .zip(tile.iter())
+                    .for_each(|(o, &v)| *o = T::from_f32(v));
+            },
         );
-        data.extend(tile.iter().map(|&v| T::from_f32(v)));
-    }
     BlockSparse::new(Arc::clone(topology), data)
 }
 
@@ -118,29 +130,34 @@ pub fn dsd<T: Element>(s: SparseView<T>, b: ArrayView2<T>) -> Result<Array2<T>> 
 
     let topo = s.matrix.topology();
     let bs = topo.block_size();
-    let blocks = widen_blocks(s.matrix);
-    let b32 = widen(b);
+    let blocks = block_rows(s.matrix)?;
+    let b32 = as_f32(b);
+    let block = |blk: usize| blocks.slice(s![blk * bs..(blk + 1) * bs, ..]);
     let mut out = Array2::<f32>::zeros((m, h));
-    if s.transposed {
-        // Block row `c` of Sᵀ is block column `c` of S.
-        for c in 0..topo.block_cols() {
-            let mut acc = out.slice_mut(s![c * bs..(c + 1) * bs, ..]);
-            for (blk, r) in column_blocks(topo, c) {
-                let block = blocks.index_axis(Axis(0), blk);
-                let rhs = b32.slice(s![r * bs..(r + 1) * bs, ..]);
-                general_mat_mul(1.0, &block.t(), &rhs, 1.0, &mut acc);
+    // One rayon task per output block row (disjoint rows of `out`).
+    let rows = out
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .par_chunks_mut(bs * h.max(1));
+    rows.enumerate().for_each(|(r, acc)| {
+        let mut acc = ArrayViewMut2::from_shape((bs, h), acc).expect("bs x h chunk");
+        let mut accumulate = false;
+        let mut step = |lhs: ArrayView2<f32>, o: usize| {
+            let rhs = b32.slice(s![o * bs..(o + 1) * bs, ..]);
+            gemm_into(lhs, rhs, acc.view_mut(), accumulate, Threads::One);
+            accumulate = true;
+        };
+        if s.transposed {
+            // Block row `r` of Sᵀ is block column `r` of S.
+            for (blk, o) in column_blocks(topo, r) {
+                step(block(blk).t(), o);
+            }
+        } else {
+            for (blk, o) in row_blocks(topo, r) {
+                step(block(blk), o);
             }
         }
-    } else {
-        for r in 0..topo.block_rows() {
-            let mut acc = out.slice_mut(s![r * bs..(r + 1) * bs, ..]);
-            for (blk, c) in row_blocks(topo, r) {
-                let block = blocks.index_axis(Axis(0), blk);
-                let rhs = b32.slice(s![c * bs..(c + 1) * bs, ..]);
-                general_mat_mul(1.0, &block, &rhs, 1.0, &mut acc);
-            }
-        }
-    }
+    });
     Ok(narrow(out))
 }
 
@@ -177,29 +194,42 @@ pub fn dds<T: Element>(a: ArrayView2<T>, s: SparseView<T>) -> Result<Array2<T>> 
 
     let topo = s.matrix.topology();
     let bs = topo.block_size();
-    let blocks = widen_blocks(s.matrix);
-    let a32 = widen(a);
+    let blocks = block_rows(s.matrix)?;
+    let a32 = as_f32(a);
+    let block = |blk: usize| blocks.slice(s![blk * bs..(blk + 1) * bs, ..]);
+    let out_blocks = n / bs;
     let mut out = Array2::<f32>::zeros((m, n));
-    if s.transposed {
-        // Block column `r` of Sᵀ is block row `r` of S.
-        for r in 0..topo.block_rows() {
-            let mut acc = out.slice_mut(s![.., r * bs..(r + 1) * bs]);
-            for (blk, c) in row_blocks(topo, r) {
-                let block = blocks.index_axis(Axis(0), blk);
-                let lhs = a32.slice(s![.., c * bs..(c + 1) * bs]);
-                general_mat_mul(1.0, &lhs, &block.t(), 1.0, &mut acc);
+    // One rayon task per DDS_ROWS rows of `out` (disjoint), each walking
+    // every output block column.
+    let chunks = out
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .par_chunks_mut(DDS_ROWS * n.max(1));
+    chunks.enumerate().for_each(|(chunk, acc)| {
+        let r0 = chunk * DDS_ROWS;
+        let rows = acc.len() / n.max(1);
+        let mut acc = ArrayViewMut2::from_shape((rows, n), acc).expect("rows x n chunk");
+        let lhs_rows = a32.slice(s![r0..r0 + rows, ..]);
+        for oc in 0..out_blocks {
+            let mut acc = acc.slice_mut(s![.., oc * bs..(oc + 1) * bs]);
+            let mut accumulate = false;
+            let mut step = |rhs: ArrayView2<f32>, o: usize| {
+                let lhs = lhs_rows.slice(s![.., o * bs..(o + 1) * bs]);
+                gemm_into(lhs, rhs, acc.view_mut(), accumulate, Threads::One);
+                accumulate = true;
+            };
+            if s.transposed {
+                // Block column `oc` of Sᵀ is block row `oc` of S.
+                for (blk, o) in row_blocks(topo, oc) {
+                    step(block(blk).t(), o);
+                }
+            } else {
+                for (blk, o) in column_blocks(topo, oc) {
+                    step(block(blk), o);
+                }
             }
         }
-    } else {
-        for c in 0..topo.block_cols() {
-            let mut acc = out.slice_mut(s![.., c * bs..(c + 1) * bs]);
-            for (blk, r) in column_blocks(topo, c) {
-                let block = blocks.index_axis(Axis(0), blk);
-                let lhs = a32.slice(s![.., r * bs..(r + 1) * bs]);
-                general_mat_mul(1.0, &lhs, &block, 1.0, &mut acc);
-            }
-        }
-    }
+    });
     Ok(narrow(out))
 }
 
@@ -225,21 +255,21 @@ fn column_blocks(topo: &Topology, c: usize) -> impl Iterator<Item = (usize, usiz
         .map(|(&b, &r)| (b as usize, r as usize))
 }
 
-/// An f32 copy of a dense operand.
-fn widen<T: Element>(x: ArrayView2<T>) -> Array2<f32> {
-    x.mapv(T::to_f32)
-}
-
-/// An f32 copy of a sparse operand's block values, `[num_blocks, bs, bs]`.
-fn widen_blocks<T: Element>(m: &BlockSparse<T>) -> Array3<f32> {
+/// The sparse operand's block values as f32, viewed as `[num_blocks * bs, bs]`
+/// (block `b` is rows `b * bs..(b + 1) * bs`).
+fn block_rows<T: Element>(m: &BlockSparse<T>) -> Result<CowArray<'_, f32, Ix2>> {
     let bs = m.topology().block_size();
-    let data = m.data();
-    Array3::from_shape_fn((m.topology().num_blocks(), bs, bs), |(b, i, j)| {
-        data[(b * bs + i) * bs + j].to_f32()
-    })
+    let view =
+        ArrayView2::from_shape((m.topology().num_blocks() * bs, bs), m.data()).map_err(|e| {
+            Error::ShapeMismatch {
+                op: "block-sparse operand",
+                message: format!("the block values do not match the topology: {e}"),
+            }
+        })?;
+    Ok(as_f32(view))
 }
 
 /// Rounds an f32 result to `T` once.
 fn narrow<T: Element>(x: Array2<f32>) -> Array2<T> {
-    x.mapv(T::from_f32)
+    gemm::narrow(x.view())
 }
