@@ -101,7 +101,7 @@ impl MoeConfig {
         check_nonempty(OP, "the number of experts", self.num_experts)?;
         check_nonempty(OP, "the hidden size", self.hidden)?;
         check_top_k(self.top_k, self.num_experts)?;
-        if self.ffn == 0 || self.ffn % self.block_size != 0 {
+        if self.ffn == 0 || !self.ffn.is_multiple_of(self.block_size) {
             return Err(Error::InvalidConfig(format!(
                 "ffn size per expert {} must be a positive multiple of the block size {}",
                 self.ffn, self.block_size

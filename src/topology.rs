@@ -59,7 +59,7 @@ impl Topology {
                 what: "the number of experts",
             });
         }
-        if ffn_per_expert == 0 || ffn_per_expert % block_size != 0 {
+        if ffn_per_expert == 0 || !ffn_per_expert.is_multiple_of(block_size) {
             return Err(Error::InvalidConfig(format!(
                 "ffn size per expert {ffn_per_expert} must be a positive multiple of the block size {block_size}"
             )));
@@ -142,7 +142,7 @@ impl Topology {
                 supported: CPU_BLOCK_SIZES,
             });
         }
-        if rows % block_size != 0 || cols % block_size != 0 {
+        if !rows.is_multiple_of(block_size) || !cols.is_multiple_of(block_size) {
             return Err(Error::InvalidTopology(format!(
                 "shape [{rows}, {cols}] is not a multiple of the block size {block_size}"
             )));
@@ -181,7 +181,7 @@ impl Topology {
                     "block column {c} in block row {r} is outside 0..{block_cols}"
                 )));
             }
-            row_indices.extend(std::iter::repeat(r as i32).take(row.len()));
+            row_indices.extend(std::iter::repeat_n(r as i32, row.len()));
         }
         // Transpose: stable counting sort of the blocks by column.
         let mut counts = vec![0i32; block_cols + 1];

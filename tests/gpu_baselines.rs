@@ -166,7 +166,7 @@ fn case<T: Element>(
         num_experts: experts,
         top_k,
         mlp: mlp(glu),
-        renormalize: seed % 2 == 0,
+        renormalize: seed.is_multiple_of(2),
         block_size: 16,
     };
     let weights = MoeWeights::<T>::random(&config, seed).unwrap();

@@ -41,7 +41,7 @@ pub fn check_supported(config: &ModelConfig) -> Result<()> {
     if !config.sparse_layers.iter().any(|&s| s) {
         return Ok(());
     }
-    if config.moe_ffn == 0 || config.moe_ffn % GPU_BLOCK_SIZE != 0 {
+    if config.moe_ffn == 0 || !config.moe_ffn.is_multiple_of(GPU_BLOCK_SIZE) {
         return Err(ModelError::config(
             config.moe_ffn_field(),
             format!(
@@ -51,7 +51,7 @@ pub fn check_supported(config: &ModelConfig) -> Result<()> {
             ),
         ));
     }
-    if config.hidden_size % 8 != 0 {
+    if !config.hidden_size.is_multiple_of(8) {
         return Err(ModelError::config(
             "hidden_size",
             format!(

@@ -130,8 +130,8 @@ pub fn check(
             ..*run
         };
         let fits = |n: Need| {
-            host_available.map_or(true, |a| n.host <= u128::from(a))
-                && device_available.map_or(true, |a| n.device <= u128::from(a))
+            host_available.is_none_or(|a| n.host <= u128::from(a))
+                && device_available.is_none_or(|a| n.device <= u128::from(a))
         };
         if run.dtype == DType::F32 && fits(estimate(c, &half)) {
             "pass --dtype bf16 (half the memory per weight)".to_string()

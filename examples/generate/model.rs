@@ -229,7 +229,7 @@ fn block_size_for(config: &ModelConfig) -> Result<usize> {
         .iter()
         .rev()
         .copied()
-        .find(|b| config.moe_ffn % b == 0)
+        .find(|b| config.moe_ffn.is_multiple_of(*b))
         .ok_or_else(|| {
             ModelError::config(
                 config.moe_ffn_field(),

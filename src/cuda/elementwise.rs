@@ -117,7 +117,7 @@ fn map_launch<T: DeviceElement>(
     ptrs: &[CUdeviceptr],
 ) -> Result<(CudaFunction, LaunchConfig, i32)> {
     let func = backend.function(ELEMENTWISE, &format!("dl_{name}_{}", T::SUFFIX))?;
-    let vec = n % pack::<T>() == 0 && ptrs.iter().all(|p| p % 16 == 0);
+    let vec = n.is_multiple_of(pack::<T>()) && ptrs.iter().all(|p| p % 16 == 0);
     let units = if vec { n / pack::<T>() } else { n };
     let cfg = LaunchConfig {
         grid_dim: (units.div_ceil(THREADS as usize) as u32, 1, 1),

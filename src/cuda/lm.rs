@@ -49,7 +49,7 @@ fn pack<T>() -> usize {
 /// Whether rows of `n` elements of `T` are whole 16-byte packs (the kernels'
 /// `vec` flag; device buffers are 256-byte aligned).
 fn packs_fit<T>(n: usize) -> bool {
-    n % pack::<T>() == 0
+    n.is_multiple_of(pack::<T>())
 }
 
 /// The 2-D shape `[rows, cols]` of operand `name`, both nonzero.
@@ -126,7 +126,7 @@ fn check_rope(
     theta: f32,
 ) -> Result<(usize, usize)> {
     const OP: &str = "lm::rope";
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::InvalidConfig(format!(
             "rope head_dim must be even and positive, found {head_dim}"
         )));
@@ -191,7 +191,7 @@ fn check_attention(
             return Err(Error::Empty { op: OP, what });
         }
     }
-    if num_heads % num_kv_heads != 0 {
+    if !num_heads.is_multiple_of(num_kv_heads) {
         return Err(Error::InvalidConfig(format!(
             "num_kv_heads = {num_kv_heads} must divide num_heads = {num_heads}"
         )));

@@ -232,7 +232,11 @@ fn check_out_shape(op: &'static str, found: &[usize], expected: &[usize]) -> Res
 /// Name of a per-dtype kernel, 16-byte vectorised when `hidden` allows.
 fn dtype_kernel<T: DeviceElement>(stem: &str, hidden: usize) -> String {
     let lanes = 16 / std::mem::size_of::<T>();
-    let access = if hidden % lanes == 0 { "vec" } else { "scalar" };
+    let access = if hidden.is_multiple_of(lanes) {
+        "vec"
+    } else {
+        "scalar"
+    };
     format!("{stem}_{}_{access}", T::SUFFIX)
 }
 

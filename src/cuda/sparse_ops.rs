@@ -111,7 +111,7 @@ fn dims2(op: &'static str, name: &str, shape: &[usize]) -> Result<(usize, usize)
 
 /// Checks a dense dimension that indexes 16-byte rows.
 fn check_multiple_of_8(op: &'static str, what: &str, value: usize) -> Result<()> {
-    if value % ALIGN != 0 {
+    if !value.is_multiple_of(ALIGN) {
         return Err(Error::Misaligned {
             op,
             message: format!(

@@ -90,7 +90,7 @@ impl DeviceTopology {
         check_block_size(block_size)?;
         let max_block_rows =
             max_padded_tokens(tokens, top_k, num_experts, block_size)? / block_size;
-        if ffn_per_expert == 0 || ffn_per_expert % block_size != 0 {
+        if ffn_per_expert == 0 || !ffn_per_expert.is_multiple_of(block_size) {
             return Err(Error::InvalidConfig(format!(
                 "ffn size per expert {ffn_per_expert} must be a positive multiple of the block size {block_size}"
             )));

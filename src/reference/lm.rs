@@ -101,7 +101,7 @@ pub fn rope<T: Element>(
     theta: f32,
 ) -> Result<Array2<T>> {
     const OP: &str = "lm::rope";
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::InvalidConfig(format!(
             "rope head_dim must be even and positive, found {head_dim}"
         )));
@@ -184,7 +184,7 @@ pub fn attention<T: Element>(
             return Err(Error::Empty { op: OP, what });
         }
     }
-    if num_heads % num_kv_heads != 0 {
+    if !num_heads.is_multiple_of(num_kv_heads) {
         return Err(Error::InvalidConfig(format!(
             "num_kv_heads = {num_kv_heads} must divide num_heads = {num_heads}"
         )));
@@ -211,7 +211,7 @@ pub fn attention<T: Element>(
             ),
         });
     }
-    if q.nrows() % batch != 0 || k.nrows() % batch != 0 {
+    if !q.nrows().is_multiple_of(batch) || !k.nrows().is_multiple_of(batch) {
         return Err(Error::ShapeMismatch {
             op: OP,
             message: format!(

@@ -198,7 +198,7 @@ impl Layout {
         check_top_k(top_k, experts)?;
         check_i32("tokens x top_k", n as u128)?;
         let mismatch = |message: String| Error::ShapeMismatch { op, message };
-        if n % top_k != 0 {
+        if !n.is_multiple_of(top_k) {
             return Err(mismatch(format!(
                 "{n} sorted assignments is not a multiple of top_k = {top_k}"
             )));

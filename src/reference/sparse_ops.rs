@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2, Slice};
 use rayon::prelude::*;
 
 use crate::checks::check_nonempty;
@@ -66,13 +66,21 @@ pub fn sdd<T: Element>(
     check_i32("sdd: elements of A", product(&[rows, k]))?;
     check_i32("sdd: elements of B", product(&[cols, k]))?;
 
-    let a32 = as_f32(a);
-    let b32 = as_f32(b);
-    // op(B) as a [k, cols] view; gemm takes either stride order.
-    let b_op = if trans_b { b32.t() } else { b32.view() };
+    let bs = topology.block_size();
+    let a_panels = panels(a, Axis(0), &used(topology.row_indices(), rows / bs));
+    // op(B)'s column panels: rows of B when `trans_b`, else its columns.
+    let b_axis = Axis(if trans_b { 0 } else { 1 });
+    let b_panels = panels(b, b_axis, &used(topology.column_indices(), cols / bs));
+    let b_panel = |c: usize| {
+        let p = panel(&b_panels, c);
+        if trans_b {
+            p.reversed_axes()
+        } else {
+            p
+        }
+    };
 
     // One rayon task per stored block (a `bs x bs x k` product each).
-    let bs = topology.block_size();
     let mut data = vec![T::default(); topology.num_elements()];
     data.par_chunks_mut(bs * bs)
         .zip(topology.row_indices().par_iter())
@@ -80,10 +88,9 @@ pub fn sdd<T: Element>(
         .for_each_init(
             || Array2::<f32>::zeros((bs, bs)),
             |tile, ((out, &r), &c)| {
-                let (r0, c0) = (r as usize * bs, c as usize * bs);
                 gemm_into(
-                    a32.slice(s![r0..r0 + bs, ..]),
-                    b_op.slice(s![.., c0..c0 + bs]),
+                    panel(&a_panels, r as usize),
+                    b_panel(c as usize),
                     tile.view_mut(),
                     false,
                     Threads::One,
@@ -131,7 +138,13 @@ pub fn dsd<T: Element>(s: SparseView<T>, b: ArrayView2<T>) -> Result<Array2<T>> 
     let topo = s.matrix.topology();
     let bs = topo.block_size();
     let blocks = block_rows(s.matrix)?;
-    let b32 = as_f32(b);
+    // The row panels of B that op(S)'s stored blocks reach.
+    let reached = if s.transposed {
+        topo.row_indices()
+    } else {
+        topo.column_indices()
+    };
+    let b_panels = panels(b, Axis(0), &used(reached, n / bs));
     let block = |blk: usize| blocks.slice(s![blk * bs..(blk + 1) * bs, ..]);
     let mut out = Array2::<f32>::zeros((m, h));
     // One rayon task per output block row (disjoint rows of `out`).
@@ -143,8 +156,13 @@ pub fn dsd<T: Element>(s: SparseView<T>, b: ArrayView2<T>) -> Result<Array2<T>> 
         let mut acc = ArrayViewMut2::from_shape((bs, h), acc).expect("bs x h chunk");
         let mut accumulate = false;
         let mut step = |lhs: ArrayView2<f32>, o: usize| {
-            let rhs = b32.slice(s![o * bs..(o + 1) * bs, ..]);
-            gemm_into(lhs, rhs, acc.view_mut(), accumulate, Threads::One);
+            gemm_into(
+                lhs,
+                panel(&b_panels, o),
+                acc.view_mut(),
+                accumulate,
+                Threads::One,
+            );
             accumulate = true;
         };
         if s.transposed {
@@ -195,7 +213,13 @@ pub fn dds<T: Element>(a: ArrayView2<T>, s: SparseView<T>) -> Result<Array2<T>> 
     let topo = s.matrix.topology();
     let bs = topo.block_size();
     let blocks = block_rows(s.matrix)?;
-    let a32 = as_f32(a);
+    // The column panels of A that op(S)'s stored blocks reach.
+    let reached = if s.transposed {
+        topo.column_indices()
+    } else {
+        topo.row_indices()
+    };
+    let a_panels = panels(a, Axis(1), &used(reached, k / bs));
     let block = |blk: usize| blocks.slice(s![blk * bs..(blk + 1) * bs, ..]);
     let out_blocks = n / bs;
     let mut out = Array2::<f32>::zeros((m, n));
@@ -209,12 +233,11 @@ pub fn dds<T: Element>(a: ArrayView2<T>, s: SparseView<T>) -> Result<Array2<T>> 
         let r0 = chunk * DDS_ROWS;
         let rows = acc.len() / n.max(1);
         let mut acc = ArrayViewMut2::from_shape((rows, n), acc).expect("rows x n chunk");
-        let lhs_rows = a32.slice(s![r0..r0 + rows, ..]);
         for oc in 0..out_blocks {
             let mut acc = acc.slice_mut(s![.., oc * bs..(oc + 1) * bs]);
             let mut accumulate = false;
             let mut step = |rhs: ArrayView2<f32>, o: usize| {
-                let lhs = lhs_rows.slice(s![.., o * bs..(o + 1) * bs]);
+                let lhs = panel(&a_panels, o).slice_move(s![r0..r0 + rows, ..]);
                 gemm_into(lhs, rhs, acc.view_mut(), accumulate, Threads::One);
                 accumulate = true;
             };
@@ -253,6 +276,44 @@ fn column_blocks(topo: &Topology, c: usize) -> impl Iterator<Item = (usize, usiz
         .iter()
         .zip(&topo.column_indices_t()[lo..hi])
         .map(|(&b, &r)| (b as usize, r as usize))
+}
+
+/// Which of `count` panels the block indices `reached` touch.
+fn used(reached: &[i32], count: usize) -> Vec<bool> {
+    let mut used = vec![false; count];
+    for &i in reached {
+        if let Some(u) = used.get_mut(i as usize) {
+            *u = true;
+        }
+    }
+    used
+}
+
+/// The f32 panels `bs = len / needed.len()` wide along `axis` of `x` that
+/// `needed` marks (`None` for the others): views when `T` is f32, copies
+/// widened in parallel otherwise, so that only the rows or columns a
+/// topology reaches (the experts a batch routes to) are converted.
+fn panels<'a, T: Element>(
+    x: ArrayView2<'a, T>,
+    axis: Axis,
+    needed: &[bool],
+) -> Vec<Option<CowArray<'a, f32, Ix2>>> {
+    let bs = x.len_of(axis) / needed.len().max(1);
+    needed
+        .par_iter()
+        .enumerate()
+        .map(|(p, &need)| {
+            need.then(|| as_f32(x.slice_axis_move(axis, Slice::from(p * bs..(p + 1) * bs))))
+        })
+        .collect()
+}
+
+/// Panel `p` of [`panels`]'s result (which marks every panel a block uses).
+fn panel<'p>(panels: &'p [Option<CowArray<'_, f32, Ix2>>], p: usize) -> ArrayView2<'p, f32> {
+    panels[p]
+        .as_ref()
+        .expect("every panel a stored block uses was converted")
+        .view()
 }
 
 /// The sparse operand's block values as f32, viewed as `[num_blocks * bs, bs]`
