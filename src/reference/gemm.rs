@@ -18,6 +18,11 @@ use crate::dtype::Element;
 /// Rows per rayon task when converting a matrix between `T` and f32.
 const CONVERT_ROWS: usize = 64;
 
+/// Multiply-adds below which a [`Threads::All`] product stays on the calling
+/// thread (thread hand-off costs more than it saves on small products such as
+/// a decode step's projections).
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
 /// Whether a product may use every rayon thread or runs on the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Threads {
@@ -53,8 +58,8 @@ pub(crate) fn gemm_into(
         return;
     }
     let parallelism = match threads {
-        Threads::One => Parallelism::None,
-        Threads::All => Parallelism::Rayon(0),
+        Threads::All if m * n * k >= PARALLEL_MIN_MACS => Parallelism::Rayon(0),
+        _ => Parallelism::None,
     };
     let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);
     let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
