@@ -63,6 +63,8 @@ kernel_modules! {
     /// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
     /// attention, elementwise maps, argmax).
     LM => "lm";
+    /// `cuda/stick_breaking.cu`: stick-breaking attention over a KV cache.
+    STICK_BREAKING => "stick_breaking";
 }
 
 /// A 1-D launch: `grid` CTAs of `block` threads with `shared_mem_bytes` of
@@ -92,6 +94,7 @@ mod tests {
             ROUTER_GRAD,
             CAPACITY,
             LM,
+            STICK_BREAKING,
         ] {
             assert_eq!(m.max_dynamic_shared_bytes, 0, "{}", m.name);
         }

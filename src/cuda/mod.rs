@@ -23,6 +23,7 @@ pub mod permute;
 pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
+pub mod stick_breaking;
 pub mod topology_build;
 
 pub use device::CudaBackend;
