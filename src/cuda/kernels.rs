@@ -65,6 +65,9 @@ kernel_modules! {
     LM => "lm";
     /// `cuda/stick_breaking.cu`: stick-breaking attention over a KV cache.
     STICK_BREAKING => "stick_breaking";
+    /// `cuda/expert_map.cu`: padded expert-order rows laid out as the blocks
+    /// of a dMoE topology (the MoE map / reduce).
+    EXPERT_MAP => "expert_map";
 }
 
 /// A 1-D launch: `grid` CTAs of `block` threads with `shared_mem_bytes` of
@@ -95,6 +98,7 @@ mod tests {
             CAPACITY,
             LM,
             STICK_BREAKING,
+            EXPERT_MAP,
         ] {
             assert_eq!(m.max_dynamic_shared_bytes, 0, "{}", m.name);
         }

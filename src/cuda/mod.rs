@@ -14,6 +14,7 @@ mod topology;
 pub mod activation;
 pub mod baselines;
 pub mod elementwise;
+pub mod expert_map;
 pub mod finite;
 pub mod gemm;
 pub mod histogram;
