@@ -14,6 +14,7 @@ mod topology;
 pub mod activation;
 pub mod baselines;
 pub mod elementwise;
+pub mod expert_map;
 pub mod finite;
 pub mod gemm;
 pub mod histogram;
@@ -23,6 +24,7 @@ pub mod permute;
 pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
+pub mod stick_breaking;
 pub mod topology_build;
 
 pub use device::CudaBackend;

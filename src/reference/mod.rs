@@ -12,5 +12,6 @@ pub mod permute;
 pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
+pub mod stick_breaking;
 
 pub use sparse_ops::{dds, dsd, sdd};
