@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod backward;
 pub mod capacity;
+pub mod expert_map;
 pub mod lm;
 pub mod loss;
 pub mod moe;
