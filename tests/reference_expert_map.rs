@@ -150,8 +150,18 @@ fn bad_shapes_are_typed_errors() {
     )));
     let gates = Array2::<f32>::ones((3, 2));
     let v = Array3::<f32>::ones((3, 8, 4));
-    assert!(shape(reduce(&plan, Array2::ones((6, 7)).view(), v.view(), gates.view())));
-    assert!(shape(reduce(&plan, Array2::ones((5, 8)).view(), v.view(), gates.view())));
+    assert!(shape(reduce(
+        &plan,
+        Array2::ones((6, 7)).view(),
+        v.view(),
+        gates.view()
+    )));
+    assert!(shape(reduce(
+        &plan,
+        Array2::ones((5, 8)).view(),
+        v.view(),
+        gates.view()
+    )));
     assert!(shape(reduce(
         &plan,
         Array2::ones((6, 8)).view(),

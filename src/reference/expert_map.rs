@@ -171,7 +171,11 @@ impl ExpertPlan {
                 ),
             });
         }
-        check_nonempty(op, "the weight's free dimension", if rows.is_some() { c } else { r })?;
+        check_nonempty(
+            op,
+            "the weight's free dimension",
+            if rows.is_some() { c } else { r },
+        )?;
         check_i32("expert weight elements", product(&[e, r, c]))
     }
 }
