@@ -142,42 +142,6 @@ impl ExpertPlan {
     pub fn topology(&self) -> &Arc<Topology> {
         &self.topology
     }
-
-    /// Checks a stacked expert weight `[experts, rows, cols]`.
-    fn check_weight<T>(
-        &self,
-        op: &'static str,
-        what: &str,
-        w: &ArrayView3<T>,
-        rows: Option<usize>,
-        cols: Option<usize>,
-    ) -> Result<()> {
-        let (e, r, c) = w.dim();
-        let bad = e != self.num_experts
-            || rows.is_some_and(|want| want != r)
-            || cols.is_some_and(|want| want != c);
-        if bad {
-            let show = |d: Option<usize>, name: &str| d.map_or(name.to_string(), |d| d.to_string());
-            return Err(Error::ShapeMismatch {
-                op,
-                message: format!(
-                    "{what} must be [experts, {}, {}] = [{}, {}, {}] (checkpoint layout, used as x · W), found {:?}",
-                    if rows.is_some() { "width" } else { "in" },
-                    if cols.is_some() { "width" } else { "out" },
-                    self.num_experts,
-                    show(rows, "in"),
-                    show(cols, "out"),
-                    w.dim()
-                ),
-            });
-        }
-        check_nonempty(
-            op,
-            "the weight's free dimension",
-            if rows.is_some() { c } else { r },
-        )?;
-        check_i32("expert weight elements", product(&[e, r, c]))
-    }
 }
 
 /// The experts' first linear map: row `t * top_k + s` of the result is
@@ -201,12 +165,16 @@ pub fn map<T: Element>(plan: &ExpertPlan, x: ArrayView2<T>, w: ArrayView3<T>) ->
             ),
         });
     }
-    plan.check_weight(OP, "w", &w, None, Some(plan.width))?;
-    if w.dim().1 != input {
+    if w.dim() != (plan.num_experts, input, plan.width) {
         return Err(Error::ShapeMismatch {
             op: OP,
             message: format!(
-                "x is [tokens, {input}], so w must be [experts, {input}, width], found {:?}",
+                "x is [tokens, {input}] and the plan has {} experts of width {}, so w must be \
+                 [experts, in, width] = [{}, {input}, {}] (checkpoint layout, used as x · W), found {:?}",
+                plan.num_experts,
+                plan.width,
+                plan.num_experts,
+                plan.width,
                 w.dim()
             ),
         });
@@ -282,8 +250,18 @@ pub fn reduce<T: Element>(
             ),
         });
     }
-    plan.check_weight(OP, "v", &v, Some(width), None)?;
-    let out = v.dim().2;
+    let (experts, v_in, out) = v.dim();
+    if (experts, v_in) != (plan.num_experts, width) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            message: format!(
+                "v must be [experts, width, out] = [{}, {width}, out] (checkpoint layout, used as h · V), found {:?}",
+                plan.num_experts,
+                v.dim()
+            ),
+        });
+    }
+    check_nonempty(OP, "the output width", out)?;
     let (e_count, pw) = (plan.num_experts, plan.padded_width);
     check_i32("experts x width x out", product(&[e_count, pw, out]))?;
 

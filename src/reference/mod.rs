@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod expert_map;
 pub mod lm;
 pub mod loss;
+pub mod moa;
 pub mod moe;
 pub mod permute;
 pub mod router_grad;
