@@ -1,6 +1,7 @@
-//! The GPU MoE map / reduce (`dropless::cuda::expert_map`) against a direct
-//! per-(token, slot) host formulation on random inputs (random distinct
-//! experts per token, random gates, some experts left empty), bf16 and f16.
+//! The GPU MoE map / reduce (`dropless::cuda::expert_map`) against the CPU
+//! reference (`dropless::reference::expert_map`) and a direct per-(token,
+//! slot) host formulation on random inputs (random distinct experts per
+//! token, random gates, some experts left empty), bf16 and f16.
 //!
 //! Tolerance: |got - want| <= tol * max(|want|, 1), tol =
 //! `DType::rel_tolerance()` (f16 5e-3, bf16 1e-2). The expected reduce uses
@@ -11,6 +12,7 @@ use std::sync::OnceLock;
 use dropless::cuda::expert_map::{map, plan, reduce};
 use dropless::cuda::sparse_ops::MmaElement;
 use dropless::cuda::{CudaBackend, DeviceElement, DeviceTensor};
+use dropless::reference::expert_map as reference;
 use dropless::Element;
 use half::{bf16, f16};
 use ndarray::Array2;
@@ -100,6 +102,13 @@ fn check<T: MmaElement>(
         }
     }
     assert_close(&got_map, &want_map, "map");
+    let w3 = w
+        .view()
+        .into_shape_with_order((experts, width, out))
+        .unwrap();
+    let ref_plan = reference::ExpertPlan::new(ids.view(), experts, out, 128).unwrap();
+    let ref_map = reference::map(&ref_plan, x.view(), w3).unwrap();
+    assert_close(&got_map, &ref_map.mapv(|v| v.to_f32()), "map vs reference");
 
     let got_reduce = reduce(backend(), &p, &up(&h), &up(&v), &up(&gates))
         .unwrap()
@@ -115,6 +124,17 @@ fn check<T: MmaElement>(
         }
     }
     assert_close(&got_reduce, &want_reduce, "reduce");
+    let v3 = v
+        .view()
+        .into_shape_with_order((experts, width, out))
+        .unwrap();
+    let ref_plan = reference::ExpertPlan::new(ids.view(), experts, width, 128).unwrap();
+    let ref_reduce = reference::reduce(&ref_plan, h.view(), v3, gates.view()).unwrap();
+    assert_close(
+        &got_reduce,
+        &ref_reduce.mapv(|v| v.to_f32()),
+        "reduce vs reference",
+    );
 }
 
 fn cases<T: MmaElement>() {

@@ -68,6 +68,8 @@ kernel_modules! {
     /// `cuda/expert_map.cu`: padded expert-order rows laid out as the blocks
     /// of a dMoE topology (the MoE map / reduce).
     EXPERT_MAP => "expert_map";
+    /// `cuda/moa.cu`: the ModuleFormer "mlp" gate's bias + exact GeLU.
+    MOA => "moa";
 }
 
 /// A 1-D launch: `grid` CTAs of `block` threads with `shared_mem_bytes` of
@@ -99,6 +101,7 @@ mod tests {
             LM,
             STICK_BREAKING,
             EXPERT_MAP,
+            MOA,
         ] {
             assert_eq!(m.max_dynamic_shared_bytes, 0, "{}", m.name);
         }

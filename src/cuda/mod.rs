@@ -19,6 +19,7 @@ pub mod finite;
 pub mod gemm;
 pub mod histogram;
 pub mod lm;
+pub mod moa;
 pub mod moe;
 pub mod permute;
 pub mod router_grad;
