@@ -29,6 +29,9 @@ mod memory;
 #[path = "../examples/generate/model.rs"]
 mod model;
 #[allow(dead_code)]
+#[path = "../examples/generate/moduleformer/mod.rs"]
+mod moduleformer;
+#[allow(dead_code)]
 #[path = "../examples/generate/npy.rs"]
 mod npy;
 #[allow(dead_code)]

@@ -46,7 +46,7 @@ pub struct Args {
 /// The usage line `--help` prints.
 pub const USAGE: &str = "usage: generate [--model DIR] [--prompt-ids 1,2,3 [--prompt-ids 4,5,6 ...]] \
 [--prompt TEXT] [--random-prompt BATCH,LEN] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16] \
-[--logits-out FILE.npy] [--demo small|mixtral-2l]";
+[--logits-out FILE.npy] [--demo small|mixtral-2l|molm]";
 
 /// Parses `1,2,3` into token ids.
 fn parse_ids(v: &str) -> Result<Vec<u32>> {
@@ -129,7 +129,7 @@ pub fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Command> {
             "--demo" => {
                 let v = value()?;
                 args.demo = DemoSize::parse(&v).ok_or_else(|| {
-                    ModelError::Input(format!("--demo takes small or mixtral-2l, found {v}"))
+                    ModelError::Input(format!("--demo takes small, mixtral-2l or molm, found {v}"))
                 })?;
             }
             "--random-prompt" => {

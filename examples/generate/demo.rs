@@ -17,14 +17,19 @@ pub enum DemoSize {
     /// KV heads, 8 experts of ffn 14336, top-2): a size that fills a GPU. Its
     /// random weights take about 13 GB of host memory while they load.
     Mixtral2L,
+    /// A small ModuleFormer / MoLM-shaped model (vocab 512, n_embd 128, 4
+    /// layers, 8 attention experts of 2 heads, 8 MLP experts of 256, top-2
+    /// of each, "mlp" routers): see `moduleformer::demo`.
+    Molm,
 }
 
 impl DemoSize {
-    /// Parses `small` or `mixtral-2l`.
+    /// Parses `small`, `mixtral-2l` or `molm`.
     pub fn parse(v: &str) -> Option<DemoSize> {
         match v {
             "small" => Some(DemoSize::Small),
             "mixtral-2l" => Some(DemoSize::Mixtral2L),
+            "molm" => Some(DemoSize::Molm),
             _ => None,
         }
     }
@@ -34,6 +39,7 @@ impl DemoSize {
         match self {
             DemoSize::Small => "small",
             DemoSize::Mixtral2L => "mixtral-2l",
+            DemoSize::Molm => "molm",
         }
     }
 }
@@ -43,6 +49,7 @@ pub fn config_json(size: DemoSize) -> Value {
     let (vocab, hidden, layers, heads, kv_heads, ffn, positions) = match size {
         DemoSize::Small => (512, 128, 4, 8, 4, 256, 4096),
         DemoSize::Mixtral2L => (32000, 4096, 2, 32, 8, 14336, 32768),
+        DemoSize::Molm => return crate::moduleformer::demo::config_json(),
     };
     json!({
         "model_type": "mixtral",
@@ -64,7 +71,7 @@ pub fn config_json(size: DemoSize) -> Value {
 }
 
 /// splitmix64: deterministic values without a `rand` dependency.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
     /// Uniform in `[-1, 1)`.
@@ -78,7 +85,7 @@ impl SplitMix {
     }
 
     /// `n` values uniform in `[-scale, scale)`.
-    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    pub(crate) fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| scale * self.next()).collect()
     }
 }

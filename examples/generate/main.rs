@@ -1,17 +1,20 @@
 //! End-to-end MoE language model: loads a Hugging Face checkpoint folder
-//! (Mixtral, Qwen3-MoE, OLMoE, Qwen2-MoE), runs the prompt forward and greedy
+//! (Mixtral, Qwen3-MoE, OLMoE, Qwen2-MoE, and IBM's ModuleFormer / MoLM with
+//! `model_type: "moduleformer"`), runs the prompt forward and greedy
 //! generation with a KV cache; every MoE layer goes through `dropless`.
 //!
 //! ```text
 //! cargo run --release --example generate -- [--model DIR] [--prompt-ids 1,2,3 [--prompt-ids 4,5,6 ...]]
 //!     [--prompt TEXT] [--max-new-tokens N] [--device auto|cpu|cuda] [--dtype f32|bf16|f16]
-//!     [--logits-out FILE.npy] [--random-prompt BATCH,LEN] [--demo small|mixtral-2l]
+//!     [--logits-out FILE.npy] [--random-prompt BATCH,LEN] [--demo small|mixtral-2l|molm]
 //! ```
 //!
 //! Without `--model` a built-in demo model (small Mixtral-like config, seeded
 //! random weights) runs; `--demo mixtral-2l` makes it two Mixtral-8x7B-shaped
 //! layers instead, a size that fills a GPU, and `--random-prompt BATCH,LEN`
-//! feeds it deterministic pseudo-random prompts of that shape. `--prompt-ids` repeats for a batch of equal-length
+//! feeds it deterministic pseudo-random prompts of that shape; `--demo molm` is a
+//! small ModuleFormer-shaped random model (CPU only, as is every ModuleFormer
+//! checkpoint for now). `--prompt-ids` repeats for a batch of equal-length
 //! sequences; `--prompt` needs `tokenizer.json` in the model folder.
 //! `--device auto` (the default) takes the GPU when one works and the model
 //! fits the GPU kernels (expert FFN a multiple of 128, hidden a multiple of
@@ -29,6 +32,7 @@ mod error;
 mod gpu;
 mod memory;
 mod model;
+mod moduleformer;
 mod npy;
 
 use std::path::Path;
@@ -52,6 +56,8 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gpu::{GpuElement, GpuModel};
 use crate::model::{Generation, Model};
+use crate::moduleformer::config::{is_moduleformer, MolmConfig};
+use crate::moduleformer::model::MolmModel;
 
 /// The device the model runs on.
 #[derive(Debug, Clone)]
@@ -144,6 +150,15 @@ impl<T: Element> LanguageModel for Model<T> {
     }
 }
 
+impl<T: Element> LanguageModel for MolmModel<T> {
+    fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>> {
+        self.forward(prompts, None)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
+        MolmModel::generate(self, prompts, max_new_tokens)
+    }
+}
+
 impl<T: GpuElement> LanguageModel for GpuModel<T> {
     fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>> {
         self.forward(prompts, None)
@@ -153,13 +168,11 @@ impl<T: GpuElement> LanguageModel for GpuModel<T> {
     }
 }
 
-/// Reads and parses `dir/config.json`.
-fn read_config(dir: &Path) -> Result<ModelConfig> {
+/// Reads `dir/config.json` as JSON.
+fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e))?;
-    let json = serde_json::from_str(&text)
-        .map_err(|e| ModelError::file(&path, format!("invalid JSON: {e}")))?;
-    ModelConfig::from_json(&json)
+    serde_json::from_str(&text).map_err(|e| ModelError::file(&path, format!("invalid JSON: {e}")))
 }
 
 /// Loads `dir/tokenizer.json`.
@@ -287,6 +300,54 @@ fn run_on<S: TensorSource>(
     }
 }
 
+/// Loads a ModuleFormer model from `src` as `T` on the CPU and runs it.
+fn run_molm<T: Element, S: TensorSource>(job: &Job, config: MolmConfig, src: &S) -> Result<()> {
+    let model = MolmModel::<T>::load(config, src)?;
+    run(job, &Device::Cpu, T::DTYPE, &model)
+}
+
+/// Runs a ModuleFormer checkpoint (or `--demo molm`): CPU only until its
+/// GPU path lands (`--device cuda` is refused, `auto` falls back).
+fn main_molm(args: &Args, device: Device, json: &serde_json::Value) -> Result<()> {
+    let config = MolmConfig::from_json(json)?;
+    match (device, args.device) {
+        (Device::Cuda(_), DeviceChoice::Cuda) => return Err(ModelError::Input(
+            "--device cuda: the GPU path of ModuleFormer / MoLM is not built yet; use --device cpu"
+                .into(),
+        )),
+        (Device::Cuda(_), _) => {
+            eprintln!("--device auto: ModuleFormer / MoLM runs on the CPU only for now; running on the CPU")
+        }
+        (Device::Cpu, _) => {}
+    }
+    let dtype = run_dtype(&Device::Cpu, args.dtype)?;
+    let (prompts, tokenizer) = prompts(args, config.vocab_size)?;
+    let job = Job {
+        args,
+        prompts,
+        tokenizer,
+        demo: args.model.is_none().then_some(args.demo),
+    };
+    match &args.model {
+        Some(dir) => {
+            let src = Checkpoint::open(dir)?;
+            match dtype {
+                DType::F32 => run_molm::<f32, _>(&job, config, &src),
+                DType::BF16 => run_molm::<bf16, _>(&job, config, &src),
+                DType::F16 => run_molm::<f16, _>(&job, config, &src),
+            }
+        }
+        None => {
+            let src = moduleformer::demo::weights(&config, 0x00D1_5EA5);
+            match dtype {
+                DType::F32 => run_molm::<f32, _>(&job, config, &src),
+                DType::BF16 => run_molm::<bf16, _>(&job, config, &src),
+                DType::F16 => run_molm::<f16, _>(&job, config, &src),
+            }
+        }
+    }
+}
+
 /// Reads the command line, settles the prompts, the device and the dtype,
 /// refuses runs that cannot work (too long for the model's positions, too
 /// big for the memory) before loading anything, then loads and runs.
@@ -299,10 +360,14 @@ fn main_inner() -> Result<()> {
         Command::Run(args) => args,
     };
     let device = Device::select(args.device, args.dtype)?;
-    let config = match &args.model {
+    let json = match &args.model {
         Some(dir) => read_config(dir)?,
-        None => ModelConfig::from_json(&demo::config_json(args.demo))?,
+        None => demo::config_json(args.demo),
     };
+    if is_moduleformer(&json) {
+        return main_molm(&args, device, &json);
+    }
+    let config = ModelConfig::from_json(&json)?;
     let (prompts, tokenizer) = prompts(&args, config.vocab_size)?;
     let prompt_len = prompts.first().map_or(0, Vec::len);
     check_positions(&config, prompt_len, args.max_new_tokens)?;

@@ -560,7 +560,7 @@ impl<T: Element> Model<T> {
 }
 
 /// The index of the largest logit (the first on ties).
-fn argmax(row: &[f32], sequence: usize) -> Result<u32> {
+pub(crate) fn argmax(row: &[f32], sequence: usize) -> Result<u32> {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if !v.is_finite() {

@@ -63,6 +63,13 @@ kernel_modules! {
     /// `cuda/lm.cu`: the language-model ops (embedding, RMSNorm, RoPE, KV-cached
     /// attention, elementwise maps, argmax).
     LM => "lm";
+    /// `cuda/stick_breaking.cu`: stick-breaking attention over a KV cache.
+    STICK_BREAKING => "stick_breaking";
+    /// `cuda/expert_map.cu`: padded expert-order rows laid out as the blocks
+    /// of a dMoE topology (the MoE map / reduce).
+    EXPERT_MAP => "expert_map";
+    /// `cuda/moa.cu`: the ModuleFormer "mlp" gate's bias + exact GeLU.
+    MOA => "moa";
 }
 
 /// A 1-D launch: `grid` CTAs of `block` threads with `shared_mem_bytes` of
@@ -92,6 +99,9 @@ mod tests {
             ROUTER_GRAD,
             CAPACITY,
             LM,
+            STICK_BREAKING,
+            EXPERT_MAP,
+            MOA,
         ] {
             assert_eq!(m.max_dynamic_shared_bytes, 0, "{}", m.name);
         }

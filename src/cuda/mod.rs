@@ -14,15 +14,18 @@ mod topology;
 pub mod activation;
 pub mod baselines;
 pub mod elementwise;
+pub mod expert_map;
 pub mod finite;
 pub mod gemm;
 pub mod histogram;
 pub mod lm;
+pub mod moa;
 pub mod moe;
 pub mod permute;
 pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
+pub mod stick_breaking;
 pub mod topology_build;
 
 pub use device::CudaBackend;

@@ -5,12 +5,15 @@ pub mod activation;
 pub mod backward;
 pub mod capacity;
 pub(crate) mod gemm;
+pub mod expert_map;
 pub mod lm;
 pub mod loss;
+pub mod moa;
 pub mod moe;
 pub mod permute;
 pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
+pub mod stick_breaking;
 
 pub use sparse_ops::{dds, dsd, sdd};
