@@ -4,8 +4,8 @@
 pub mod activation;
 pub mod backward;
 pub mod capacity;
-pub(crate) mod gemm;
 pub mod expert_map;
+pub(crate) mod gemm;
 pub mod lm;
 pub mod loss;
 pub mod moa;
