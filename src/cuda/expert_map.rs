@@ -116,20 +116,55 @@ pub fn plan(
     })
 }
 
-/// Checks stacked weights `[experts * in, out]` against `in`; returns `out`.
+/// `width` rounded up to a multiple of the block size.
+fn padded(width: usize, block_size: usize) -> usize {
+    width.div_ceil(block_size) * block_size
+}
+
+/// Uploads stacked expert weights `[experts, in, out]` (the checkpoint
+/// layout) as the `[experts * padded_in, out]` that [`map`] and [`reduce`]
+/// take: `padded_in` is `in` rounded up to a multiple of `block_size`, the
+/// extra rows zero.
+///
+/// Errors: [`Error::Empty`] for an empty dimension,
+/// [`Error::UnsupportedBlockSize`], and those of the upload.
+pub fn upload_expert_weights<T: MmaElement + Element>(
+    backend: &CudaBackend,
+    w: ArrayView3<T>,
+    block_size: usize,
+) -> Result<DeviceTensor<T>> {
+    check_block_size(block_size)?;
+    let (experts, width, out) = w.dim();
+    if experts == 0 || width == 0 || out == 0 {
+        return Err(Error::Empty {
+            op: "expert_map::upload_expert_weights",
+            what: "a dimension of the expert weights [experts, in, out]",
+        });
+    }
+    let pw = padded(width, block_size);
+    let mut host = vec![T::from_f32(0.0); experts * pw * out];
+    for ((e, i, o), &v) in w.indexed_iter() {
+        host[(e * pw + i) * out + o] = v;
+    }
+    DeviceTensor::from_host(backend, &[experts * pw, out], &host)
+}
+
+/// Checks stacked weights `[experts * padded_in, out]` against `in`; returns
+/// `out`.
 fn check_weights(
     op: &'static str,
     plan: &DeviceExpertPlan,
     w: &[usize],
     width: usize,
 ) -> Result<usize> {
+    let rows = plan.num_experts * padded(width, plan.block_size);
     match *w {
-        [rows, out] if rows == plan.num_experts * width && out > 0 => Ok(out),
+        [r, out] if r == rows && out > 0 => Ok(out),
         _ => Err(Error::ShapeMismatch {
             op,
             message: format!(
-                "the expert weights must be [experts * in, out] = [{} * {width}, out] (the checkpoint's [experts, in, out] flattened), found {w:?}",
-                plan.num_experts
+                "the expert weights must be [experts * padded_in, out] = [{rows}, out] ({} experts, in = {width} padded to the block size {}; upload_expert_weights lays out the checkpoint's [experts, in, out] so), found {w:?}",
+                plan.num_experts, plan.block_size
             ),
         }),
     }
