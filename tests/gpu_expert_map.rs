@@ -1,7 +1,8 @@
 //! The GPU MoE map / reduce (`dropless::cuda::expert_map`) against the CPU
 //! reference (`dropless::reference::expert_map`) and a direct per-(token,
 //! slot) host formulation on random inputs (random distinct experts per
-//! token, random gates, some experts left empty), bf16 and f16.
+//! token, random gates, some experts left empty, widths that are and are not
+//! multiples of the 128 block), bf16 and f16.
 //!
 //! Tolerance: |got - want| <= tol * max(|want|, 1), tol =
 //! `DType::rel_tolerance()` (f16 5e-3, bf16 1e-2). The expected reduce uses
@@ -9,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use dropless::cuda::expert_map::{map, plan, reduce};
+use dropless::cuda::expert_map::{map, plan, reduce, upload_expert_weights};
 use dropless::cuda::sparse_ops::MmaElement;
 use dropless::cuda::{CudaBackend, DeviceElement, DeviceTensor};
 use dropless::reference::expert_map as reference;
@@ -88,7 +89,15 @@ fn check<T: MmaElement>(
     let v = random::<T>(experts * width, out, &mut rng);
 
     let p = plan(backend(), &up(&ids), experts, 128).unwrap();
-    let got_map = map(backend(), &p, &up(&x), &up(&w))
+    let w_dev = upload_expert_weights(
+        backend(),
+        w.view()
+            .into_shape_with_order((experts, width, out))
+            .unwrap(),
+        128,
+    )
+    .unwrap();
+    let got_map = map(backend(), &p, &up(&x), &w_dev)
         .unwrap()
         .to_array2(backend())
         .unwrap();
@@ -110,7 +119,15 @@ fn check<T: MmaElement>(
     let ref_map = reference::map(&ref_plan, x.view(), w3).unwrap();
     assert_close(&got_map, &ref_map.mapv(|v| v.to_f32()), "map vs reference");
 
-    let got_reduce = reduce(backend(), &p, &up(&h), &up(&v), &up(&gates))
+    let v_dev = upload_expert_weights(
+        backend(),
+        v.view()
+            .into_shape_with_order((experts, width, out))
+            .unwrap(),
+        128,
+    )
+    .unwrap();
+    let got_reduce = reduce(backend(), &p, &up(&h), &v_dev, &up(&gates))
         .unwrap()
         .to_array2(backend())
         .unwrap();
@@ -145,7 +162,7 @@ fn cases<T: MmaElement>() {
                 1usize..70,
                 1usize..3,
                 2usize..6,
-                prop_oneof![Just(128usize), Just(256)],
+                prop_oneof![Just(128usize), Just(256), Just(64), Just(200)],
                 (1usize..5).prop_map(|m| 128 * m / 2),
                 any::<u64>(),
             ),
@@ -158,6 +175,8 @@ fn cases<T: MmaElement>() {
         .unwrap();
     // MoLM-shaped routing: 2 of 16 experts.
     check::<T>(40, 2, 16, 16, 128, 128, 7);
+    // The --demo molm widths: att_hidden 64 (reduce in), n_embd 128.
+    check::<T>(33, 2, 4, 4, 64, 128, 8);
 }
 
 #[test]

@@ -14,12 +14,16 @@
 //!   k]` f32: `Σ_s g[t, s] · h[t * k + s] · V[e(t, s)]`.
 //!
 //! Rounding: the DSD product rounds each row once to `T`; the scatter sums
-//! the gate-weighted rows in f32 and rounds once. Widths (`in`) must be
-//! multiples of the block size (128), `out` a multiple of 8.
+//! the gate-weighted rows in f32 and rounds once. An `in` that is not a
+//! multiple of the block size (128) is zero-padded up to one inside the ops,
+//! so the weights are passed padded too, `[experts * padded_in, out]` with
+//! zero rows past each expert's `in` ([`upload_expert_weights`] uploads the
+//! checkpoint's `[experts, in, out]` so); `out` must be a multiple of 8.
 
 use std::sync::Arc;
 
 use cudarc::driver::PushKernelArg;
+use ndarray::ArrayView3;
 
 use super::histogram::histogram;
 use super::kernels::{launch_1d, EXPERT_MAP};
@@ -29,6 +33,7 @@ use super::permute::{
 use super::sparse_ops::{dsd, MmaElement};
 use super::topology_build::topology;
 use super::{check_block_size, CudaBackend, DeviceBlockSparse, DeviceTensor, DeviceTopology};
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 
 /// Threads per block of `dl_rows_to_blocks_*` (`kThreads`).
@@ -111,27 +116,62 @@ pub fn plan(
     })
 }
 
-/// Checks stacked weights `[experts * in, out]` against `in`; returns `out`.
+/// `width` rounded up to a multiple of the block size.
+fn padded(width: usize, block_size: usize) -> usize {
+    width.div_ceil(block_size) * block_size
+}
+
+/// Uploads stacked expert weights `[experts, in, out]` (the checkpoint
+/// layout) as the `[experts * padded_in, out]` that [`map`] and [`reduce`]
+/// take: `padded_in` is `in` rounded up to a multiple of `block_size`, the
+/// extra rows zero.
+///
+/// Errors: [`Error::Empty`] for an empty dimension,
+/// [`Error::UnsupportedBlockSize`], and those of the upload.
+pub fn upload_expert_weights<T: MmaElement + Element>(
+    backend: &CudaBackend,
+    w: ArrayView3<T>,
+    block_size: usize,
+) -> Result<DeviceTensor<T>> {
+    check_block_size(block_size)?;
+    let (experts, width, out) = w.dim();
+    if experts == 0 || width == 0 || out == 0 {
+        return Err(Error::Empty {
+            op: "expert_map::upload_expert_weights",
+            what: "a dimension of the expert weights [experts, in, out]",
+        });
+    }
+    let pw = padded(width, block_size);
+    let mut host = vec![T::from_f32(0.0); experts * pw * out];
+    for ((e, i, o), &v) in w.indexed_iter() {
+        host[(e * pw + i) * out + o] = v;
+    }
+    DeviceTensor::from_host(backend, &[experts * pw, out], &host)
+}
+
+/// Checks stacked weights `[experts * padded_in, out]` against `in`; returns
+/// `out`.
 fn check_weights(
     op: &'static str,
     plan: &DeviceExpertPlan,
     w: &[usize],
     width: usize,
 ) -> Result<usize> {
+    let rows = plan.num_experts * padded(width, plan.block_size);
     match *w {
-        [rows, out] if rows == plan.num_experts * width && out > 0 => Ok(out),
+        [r, out] if r == rows && out > 0 => Ok(out),
         _ => Err(Error::ShapeMismatch {
             op,
             message: format!(
-                "the expert weights must be [experts * in, out] = [{} * {width}, out] (the checkpoint's [experts, in, out] flattened), found {w:?}",
-                plan.num_experts
+                "the expert weights must be [experts * padded_in, out] = [{rows}, out] ({} experts, in = {width} padded to the block size {}; upload_expert_weights lays out the checkpoint's [experts, in, out] so), found {w:?}",
+                plan.num_experts, plan.block_size
             ),
         }),
     }
 }
 
 /// Lays padded expert-order rows `[P, width]` out as the blocks of the plan's
-/// topology with `width` columns per expert.
+/// topology with `width` (rounded up to the block size) columns per expert.
 fn to_blocks<T: MmaElement>(
     backend: &CudaBackend,
     plan: &DeviceExpertPlan,
@@ -143,7 +183,7 @@ fn to_blocks<T: MmaElement>(
         &plan.padded_bins,
         plan.tokens,
         plan.top_k,
-        width,
+        padded(width, plan.block_size),
         plan.block_size,
     )?;
     let bs = plan.block_size;
@@ -156,7 +196,12 @@ fn to_blocks<T: MmaElement>(
     }
     let mut data = DeviceTensor::<T>::zeros(backend, &[topo.max_blocks * bs * bs])?;
     let func = backend.function(EXPERT_MAP, &format!("dl_rows_to_blocks_{}", T::SUFFIX))?;
-    let (rows_i, per_row_i, bs_i) = (topo.max_block_rows as i32, (width / bs) as i32, bs as i32);
+    let (rows_i, per_row_i, bs_i, width_i) = (
+        topo.max_block_rows as i32,
+        width.div_ceil(bs) as i32,
+        bs as i32,
+        width as i32,
+    );
     let mut launch = backend.stream().launch_builder(&func);
     launch
         .arg(rows.slice())
@@ -166,26 +211,26 @@ fn to_blocks<T: MmaElement>(
         .arg(data.slice_mut())
         .arg(&rows_i)
         .arg(&per_row_i)
-        .arg(&bs_i);
+        .arg(&bs_i)
+        .arg(&width_i);
     // SAFETY: dl_rows_to_blocks_T(const T* dense, const i32* row_indices,
     // const i32* column_indices, const i32* offsets, T* data,
-    // i32 max_block_rows, i32 per_row, i32 bs) runs one CTA per block
+    // i32 max_block_rows, i32 per_row, i32 bs, i32 width) runs one CTA per block
     // b < max_blocks (row_indices / column_indices hold max_blocks entries,
     // offsets max_block_rows + 1); it writes data[b * bs² ..(b + 1) * bs²)
     // (max_blocks * bs² allocated) and, for b below the true count, reads the
-    // bs x bs tile of dense ([max_block_rows * bs, per_row * bs], checked) at
-    // block row row_indices[b] < max_block_rows, block column
-    // column_indices[b] % per_row.
+    // bs x bs tile of dense ([max_block_rows * bs, width], checked, width <=
+    // per_row * bs) at block row row_indices[b] < max_block_rows, block
+    // column column_indices[b] % per_row, columns below width only.
     unsafe { launch.launch(launch_1d(topo.max_blocks, THREADS, 0)) }?;
     DeviceBlockSparse::new(topo, data)
 }
 
 /// The map: `[tokens * k, out]` in (token, slot) order, row `t * k + s` =
 /// `x[t] · W[e(t, s)]`; `x` is `[tokens, in]`, `w` the stacked weights
-/// `[experts * in, out]`.
+/// `[experts * padded_in, out]` (see [`upload_expert_weights`]).
 ///
 /// Errors: [`Error::ShapeMismatch`] for operands that do not fit the plan,
-/// [`Error::InvalidConfig`] when `in` is not a multiple of the block size,
 /// and those of the gather, DSD and scatter.
 pub fn map<T: MmaElement>(
     backend: &CudaBackend,
@@ -228,10 +273,10 @@ pub fn map<T: MmaElement>(
 
 /// The reduce: `[tokens, out]`, row `t` = `Σ_s gates[t, s] · h[t * k + s] ·
 /// V[e(t, s)]`; `h` is `[tokens * k, in]` in (token, slot) order, `v` the
-/// stacked weights `[experts * in, out]`, `gates` `[tokens, k]` f32.
+/// stacked weights `[experts * padded_in, out]` (see
+/// [`upload_expert_weights`]), `gates` `[tokens, k]` f32.
 ///
 /// Errors: [`Error::ShapeMismatch`] for operands that do not fit the plan,
-/// [`Error::InvalidConfig`] when `in` is not a multiple of the block size,
 /// and those of the gather, DSD and scatter.
 pub fn reduce<T: MmaElement>(
     backend: &CudaBackend,
