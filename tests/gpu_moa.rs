@@ -237,7 +237,7 @@ fn check_attention<T: MmaElement + GemmElement>(mlp_gate: bool, seed: u64) {
         p.mapv(T::from_f32)
     };
     let mut start = 0;
-    for chunk in std::iter::once(prefill).chain(std::iter::repeat(1).take(steps)) {
+    for chunk in std::iter::once(prefill).chain(std::iter::repeat_n(1, steps)) {
         let rows: Vec<Array2<T>> = x_all
             .iter()
             .map(|x| x.slice(s![start..start + chunk, ..]).to_owned())

@@ -245,7 +245,7 @@ pub fn attention<T: MmaElement + super::gemm::GemmElement>(
         )));
     }
     let rows = x.shape()[0];
-    if batch == 0 || rows % batch != 0 {
+    if batch == 0 || !rows.is_multiple_of(batch) {
         return Err(Error::ShapeMismatch {
             op: OP,
             message: format!("x has {rows} rows, not a multiple of the batch {batch}"),

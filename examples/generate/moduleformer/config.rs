@@ -115,7 +115,7 @@ impl MolmConfig {
             block_size: field(v, "block_size")?,
             history_length: v.get("history_length").and_then(Value::as_u64).unwrap_or(0) as usize,
         };
-        if c.att_hidden % c.n_head != 0 {
+        if !c.att_hidden.is_multiple_of(c.n_head) {
             return Err(ModelError::config(
                 "att_hidden",
                 format!(
