@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use dropless::reference::lm::{add, embedding};
+use dropless::reference::lm::{add, embedding, linear};
 use dropless::reference::moa::{
     moa_forward, moe_mlp, MoaConfig, MoaWeights, MoeMlpConfig, MoeMlpWeights, Projection, Router,
 };
@@ -291,11 +291,7 @@ impl<T: Element> MolmModel<T> {
             cache.len += tq;
         }
         let x = self.ln_f.forward(x.view());
-        let head = self.lm_head.mapv(|v| v.to_f32());
-        let logits = x
-            .mapv(|v| v.to_f32())
-            .dot(&head.t())
-            .mapv(|v| T::from_f32(v).to_f32());
+        let logits = linear(x.view(), self.lm_head.view())?.mapv(|v| T::from_f32(v).to_f32());
         logits
             .into_shape_with_order((batch, tq, c.vocab_size))
             .map_err(|e| ModelError::Input(e.to_string()))
