@@ -178,3 +178,21 @@ fn the_molm_demo_loads_and_generates_deterministically() {
     assert_eq!(a, again);
     assert_eq!(a[0].len(), 7);
 }
+
+#[test]
+fn a_tensor_of_the_wrong_shape_is_named() {
+    let mut json = demo::config_json(demo::DemoSize::Molm);
+    json["gate_type"] = "linear".into();
+    let linear = MolmConfig::from_json(&json).unwrap();
+    let src = moduleformer::demo::weights(&linear, 1);
+    let mlp = MolmConfig::from_json(&demo::config_json(demo::DemoSize::Molm)).unwrap();
+    let err = match MolmModel::<f32>::load(mlp, &src) {
+        Ok(_) => panic!("a linear router cannot load as an mlp one"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("transformer.h.0.attn.q_proj.gate.w_gate.0.weight")
+            && err.contains("[64, 128]"),
+        "{err}"
+    );
+}
