@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dropless::cuda::expert_map::upload_expert_weights;
-use dropless::cuda::gemm::matmul_into;
+use dropless::cuda::gemm::{matmul_into, GemmElement};
 use dropless::cuda::lm::{add, argmax_rows, embedding, layer_norm, take_rows};
 use dropless::cuda::moa::{attention, mlp_moe, DeviceGate, DeviceMoaCache, DeviceMoaWeights};
+use dropless::cuda::sparse_ops::MmaElement;
 use dropless::cuda::{CudaBackend, DeviceTensor};
 use dropless::reference::moa::{Activation, MoaWeights, MoeMlpWeights, Projection, Router};
 use dropless::topology::DEFAULT_BLOCK_SIZE;
@@ -20,8 +21,13 @@ use ndarray::{Array1, Array2, Array3};
 use super::config::MolmConfig;
 use super::model::{LayerNorm, MolmLayer, MolmModel, LN_EPS};
 use crate::error::{ModelError, Result};
-use crate::gpu::GpuElement;
 use crate::model::Generation;
+
+/// An element type the GPU model runs in: bf16 or f16 (as the Mixtral
+/// family's `gpu::GpuElement`, restated so this module stands alone).
+pub trait GpuElement: MmaElement + GemmElement {}
+
+impl<T: MmaElement + GemmElement> GpuElement for T {}
 
 /// The block size of the GPU expert plans.
 const GPU_BLOCK_SIZE: usize = DEFAULT_BLOCK_SIZE;
