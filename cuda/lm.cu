@@ -158,6 +158,82 @@ __device__ void rms_norm(const T* x, const T* w, T* out, int32_t rows, int32_t d
   }
 }
 
+// ---------------------------------------------------------------- LayerNorm
+
+// LayerNorm of row `row` of x ([rows, d]) with weight w and bias b ([d]), by
+// the lanes [lane, lane + stride, ...) of a group of `stride` threads;
+// `reduce` sums over that group. Reference (f32): mean = sum(x) / d, var =
+// sum((x - mean)^2) / d (biased), y = (x - mean) * (1 / sqrt(var + eps)) * w
+// + b, rounded once.
+template <typename T, int P, typename Reduce>
+__device__ __forceinline__ void layer_norm_row(const T* __restrict__ x, const T* __restrict__ w,
+                                               const T* __restrict__ b, T* __restrict__ out,
+                                               int32_t row, int32_t d, float eps, int32_t lane,
+                                               int32_t stride, Reduce reduce) {
+  const T* xr = x + row * d;
+  T* orow = out + row * d;
+  const int32_t packs = d / P;
+  const float n = static_cast<float>(d);
+  float sum = 0.0f;
+  for (int32_t p = lane; p < packs; p += stride) {
+    float v[P];
+    load_f32<T, P>(xr + p * P, v);
+#pragma unroll
+    for (int k = 0; k < P; ++k) sum = __fadd_rn(sum, v[k]);
+  }
+  const float mean = __fdiv_rn(reduce(sum), n);
+  float sum_sq = 0.0f;
+  for (int32_t p = lane; p < packs; p += stride) {
+    float v[P];
+    load_f32<T, P>(xr + p * P, v);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      const float c = __fsub_rn(v[k], mean);
+      sum_sq = __fadd_rn(sum_sq, __fmul_rn(c, c));
+    }
+  }
+  const float var = __fdiv_rn(reduce(sum_sq), n);
+  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+  for (int32_t p = lane; p < packs; p += stride) {
+    float v[P], g[P], h[P];
+    load_f32<T, P>(xr + p * P, v);
+    load_f32<T, P>(w + p * P, g);
+    load_f32<T, P>(b + p * P, h);
+#pragma unroll
+    for (int k = 0; k < P; ++k)
+      v[k] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(v[k], mean), inv), g[k]), h[k]);
+    store_f32<T, P>(orow + p * P, v);
+  }
+}
+
+// rows_per_block == 1: one block per row. Otherwise one warp per row,
+// rows_per_block = blockDim.x / 32 rows per block.
+template <typename T, int P>
+__device__ void layer_norm_impl(const T* __restrict__ x, const T* __restrict__ w,
+                                const T* __restrict__ b, T* __restrict__ out, int32_t rows,
+                                int32_t d, float eps, int32_t rows_per_block) {
+  if (rows_per_block == 1) {
+    __shared__ float scratch[32];
+    layer_norm_row<T, P>(x, w, b, out, blockIdx.x, d, eps, threadIdx.x, blockDim.x,
+                         [&](float v) { return block_reduce(v, scratch, SumOp{}); });
+  } else {
+    const int32_t row = blockIdx.x * rows_per_block + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    layer_norm_row<T, P>(x, w, b, out, row, d, eps, threadIdx.x & 31, 32,
+                         [](float v) { return warp_reduce(v, SumOp{}); });
+  }
+}
+
+template <typename T>
+__device__ void layer_norm(const T* x, const T* w, const T* b, T* out, int32_t rows, int32_t d,
+                           float eps, int32_t rows_per_block, int32_t vec) {
+  if (vec) {
+    layer_norm_impl<T, kPack<T>>(x, w, b, out, rows, d, eps, rows_per_block);
+  } else {
+    layer_norm_impl<T, 1>(x, w, b, out, rows, d, eps, rows_per_block);
+  }
+}
+
 // --------------------------------------------------------------------- RoPE
 
 // One block per row of x ([rows, cols], cols = heads * head_dim), dynamic
@@ -472,6 +548,11 @@ DL_EXTERN void dl_lm_argmax_rows(const float* x, int32_t* out, int32_t cols, int
                                          int32_t d, float eps, int32_t rows_per_block,           \
                                          int32_t vec) {                                          \
     rms_norm<T>(x, w, out, rows, d, eps, rows_per_block, vec);                                   \
+  }                                                                                              \
+  DL_EXTERN void dl_lm_layer_norm_##SUFFIX(const T* x, const T* w, const T* b, T* out,         \
+                                           int32_t rows, int32_t d, float eps,                   \
+                                           int32_t rows_per_block, int32_t vec) {                \
+    layer_norm<T>(x, w, b, out, rows, d, eps, rows_per_block, vec);                              \
   }                                                                                              \
   DL_EXTERN void dl_lm_rope_##SUFFIX(const T* x, const int32_t* positions, T* out, int32_t cols, \
                                      int32_t head_dim, float theta, int32_t vec) {               \

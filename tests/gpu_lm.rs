@@ -13,8 +13,8 @@
 use std::sync::OnceLock;
 
 use dropless::cuda::lm::{
-    add, add_bias, argmax_rows, attention_cached, clamp, embedding, rms_norm, rope, sigmoid_scale,
-    silu_mul, take_rows, write_kv,
+    add, add_bias, argmax_rows, attention_cached, clamp, embedding, layer_norm, rms_norm, rope,
+    sigmoid_scale, silu_mul, take_rows, write_kv,
 };
 use dropless::cuda::{CudaBackend, DeviceElement, DeviceTensor};
 use dropless::reference::lm as reference;
@@ -204,6 +204,55 @@ fn rms_norms<T: DeviceElement + Element>() {
     check_rms_norm::<T>(37, 2048, 1e-6, 2);
     check_rms_norm::<T>(5, 1027, 1e-6, 3);
     check_rms_norm::<T>(300 * 32, 128, 1e-6, 4);
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+fn check_layer_norm<T: DeviceElement + Element>(rows: usize, dim: usize, eps: f32, seed: u64) {
+    // Rows off-centre (mean up to ±2), so the mean subtraction matters.
+    let shift = random_f32(rows, seed + 2, 2.0);
+    let mut x = random::<T>(rows, dim, seed, 3.0);
+    for (mut row, s) in x.rows_mut().into_iter().zip(shift) {
+        row.mapv_inplace(|v| T::from_f32(v.to_f32() + s));
+    }
+    let w = random::<T>(1, dim, seed + 1, 2.0).row(0).to_owned();
+    let bias = random::<T>(1, dim, seed + 3, 0.5).row(0).to_owned();
+    let want = reference::layer_norm(x.view(), w.view(), bias.view(), eps).unwrap();
+    let dw = DeviceTensor::from_host(backend(), &[dim], w.as_slice().unwrap()).unwrap();
+    let db = DeviceTensor::from_host(backend(), &[dim], bias.as_slice().unwrap()).unwrap();
+    let got = download(&layer_norm(backend(), &upload(&x), &dw, &db, eps).unwrap());
+    assert_close(&got, &want, "layer_norm");
+}
+
+fn layer_norms<T: DeviceElement + Element>() {
+    let mut runner = TestRunner::new(Config::with_cases(24));
+    runner
+        .run(
+            &(1usize..40, 1usize..1200, any::<u64>()),
+            |(rows, dim, seed)| {
+                check_layer_norm::<T>(rows, dim, 1e-5, seed);
+                Ok(())
+            },
+        )
+        .unwrap();
+    check_layer_norm::<T>(3, 4096, 1e-5, 1);
+    check_layer_norm::<T>(5, 1027, 1e-5, 3);
+    check_layer_norm::<T>(300, 128, 1e-5, 4);
+    let x = DeviceTensor::<T>::zeros(backend(), &[4, 8]).unwrap();
+    let w = DeviceTensor::<T>::zeros(backend(), &[8]).unwrap();
+    let short = DeviceTensor::<T>::zeros(backend(), &[7]).unwrap();
+    assert!(matches!(
+        layer_norm(backend(), &x, &w, &short, 1e-5),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        layer_norm(backend(), &x, &short, &w, 1e-5),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        layer_norm(backend(), &x, &w, &w, -1.0),
+        Err(Error::InvalidConfig(_))
+    ));
 }
 
 // --------------------------------------------------------------------- RoPE
@@ -444,6 +493,7 @@ macro_rules! per_dtype {
 
 per_dtype!(embedding_take_rows_write_kv, gathers);
 per_dtype!(rms_norm_matches_reference, rms_norms);
+per_dtype!(layer_norm_matches_reference, layer_norms);
 per_dtype!(rope_matches_reference, ropes);
 per_dtype!(attention_cached_matches_reference, attentions);
 per_dtype!(elementwise_ops_match_reference, elementwise);

@@ -57,6 +57,7 @@ use crate::error::{ModelError, Result};
 use crate::gpu::{GpuElement, GpuModel};
 use crate::model::{Generation, Model};
 use crate::moduleformer::config::{is_moduleformer, MolmConfig};
+use crate::moduleformer::gpu::GpuMolmModel;
 use crate::moduleformer::model::MolmModel;
 
 /// The device the model runs on.
@@ -156,6 +157,15 @@ impl<T: Element> LanguageModel for MolmModel<T> {
     }
     fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
         MolmModel::generate(self, prompts, max_new_tokens)
+    }
+}
+
+impl<T: GpuElement> LanguageModel for GpuMolmModel<T> {
+    fn logits(&self, prompts: &[Vec<u32>]) -> Result<Array3<f32>> {
+        self.forward(prompts, None)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
+        GpuMolmModel::generate(self, prompts, max_new_tokens)
     }
 }
 
@@ -300,27 +310,57 @@ fn run_on<S: TensorSource>(
     }
 }
 
-/// Loads a ModuleFormer model from `src` as `T` on the CPU and runs it.
-fn run_molm<T: Element, S: TensorSource>(job: &Job, config: MolmConfig, src: &S) -> Result<()> {
+/// Loads a ModuleFormer model from `src` as `T` on `device` (uploading it to
+/// the GPU there, dropping the host copy) and runs it.
+fn run_molm<T: GpuElement, S: TensorSource>(
+    job: &Job,
+    device: &Device,
+    config: MolmConfig,
+    src: &S,
+) -> Result<()> {
     let model = MolmModel::<T>::load(config, src)?;
-    run(job, &Device::Cpu, T::DTYPE, &model)
+    match device {
+        Device::Cpu => run(job, device, T::DTYPE, &model),
+        Device::Cuda(backend) => {
+            let model = GpuMolmModel::upload(Arc::clone(backend), model)?;
+            run(job, device, T::DTYPE, &model)
+        }
+    }
 }
 
-/// Runs a ModuleFormer checkpoint (or `--demo molm`): CPU only until its
-/// GPU path lands (`--device cuda` is refused, `auto` falls back).
+/// Loads a ModuleFormer model from `src` as `dtype` on `device` and runs
+/// `job` (f32 on the CPU only).
+fn run_molm_on<S: TensorSource>(
+    job: &Job,
+    device: &Device,
+    dtype: DType,
+    config: MolmConfig,
+    src: &S,
+) -> Result<()> {
+    match dtype {
+        DType::F32 => {
+            let model = MolmModel::<f32>::load(config, src)?;
+            run(job, &Device::Cpu, DType::F32, &model)
+        }
+        DType::BF16 => run_molm::<bf16, _>(job, device, config, src),
+        DType::F16 => run_molm::<f16, _>(job, device, config, src),
+    }
+}
+
+/// Runs a ModuleFormer checkpoint (or `--demo molm`) on `device`: the GPU
+/// when the config fits its kernels (`auto` falls back to the CPU, saying
+/// why; `cuda` fails naming the config field).
 fn main_molm(args: &Args, device: Device, json: &serde_json::Value) -> Result<()> {
     let config = MolmConfig::from_json(json)?;
-    match (device, args.device) {
-        (Device::Cuda(_), DeviceChoice::Cuda) => return Err(ModelError::Input(
-            "--device cuda: the GPU path of ModuleFormer / MoLM is not built yet; use --device cpu"
-                .into(),
-        )),
-        (Device::Cuda(_), _) => {
-            eprintln!("--device auto: ModuleFormer / MoLM runs on the CPU only for now; running on the CPU")
+    let device = match (&device, moduleformer::gpu::check_supported(&config)) {
+        (Device::Cuda(_), Err(e)) if args.device == DeviceChoice::Auto => {
+            eprintln!("--device auto: {e}; falling back to the CPU");
+            Device::Cpu
         }
-        (Device::Cpu, _) => {}
-    }
-    let dtype = run_dtype(&Device::Cpu, args.dtype)?;
+        (Device::Cuda(_), Err(e)) => return Err(e),
+        _ => device,
+    };
+    let dtype = run_dtype(&device, args.dtype)?;
     let (prompts, tokenizer) = prompts(args, config.vocab_size)?;
     let job = Job {
         args,
@@ -329,21 +369,10 @@ fn main_molm(args: &Args, device: Device, json: &serde_json::Value) -> Result<()
         demo: args.model.is_none().then_some(args.demo),
     };
     match &args.model {
-        Some(dir) => {
-            let src = Checkpoint::open(dir)?;
-            match dtype {
-                DType::F32 => run_molm::<f32, _>(&job, config, &src),
-                DType::BF16 => run_molm::<bf16, _>(&job, config, &src),
-                DType::F16 => run_molm::<f16, _>(&job, config, &src),
-            }
-        }
+        Some(dir) => run_molm_on(&job, &device, dtype, config, &Checkpoint::open(dir)?),
         None => {
             let src = moduleformer::demo::weights(&config, 0x00D1_5EA5);
-            match dtype {
-                DType::F32 => run_molm::<f32, _>(&job, config, &src),
-                DType::BF16 => run_molm::<bf16, _>(&job, config, &src),
-                DType::F16 => run_molm::<f16, _>(&job, config, &src),
-            }
+            run_molm_on(&job, &device, dtype, config, &src)
         }
     }
 }

@@ -97,20 +97,19 @@ fn check_take_rows(x: &[usize], rows: &[usize]) -> Result<(usize, usize, usize)>
     Ok((n, d, m))
 }
 
-/// Checks an RMSNorm: `x` `[rows, dim]`, `weight` `[dim]`, `eps` finite and
-/// `>= 0`. Returns `(rows, dim)`.
-fn check_rms_norm(x: &[usize], weight: &[usize], eps: f32) -> Result<(usize, usize)> {
-    const OP: &str = "lm::rms_norm";
-    let (rows, dim) = dims2(OP, "x [rows, dim]", x)?;
+/// Checks an RMSNorm or LayerNorm (`op`): `x` `[rows, dim]`, `weight`
+/// `[dim]`, `eps` finite and `>= 0`. Returns `(rows, dim)`.
+fn check_norm(op: &'static str, x: &[usize], weight: &[usize], eps: f32) -> Result<(usize, usize)> {
+    let (rows, dim) = dims2(op, "x [rows, dim]", x)?;
     if weight != [dim] {
         return Err(mismatch(
-            OP,
+            op,
             format!("weight must be [{dim}] (the columns of x), found {weight:?}"),
         ));
     }
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(Error::InvalidConfig(format!(
-            "rms_norm eps must be finite and >= 0, found {eps}"
+            "{op} eps must be finite and >= 0, found {eps}"
         )));
     }
     Ok((rows, dim))
@@ -451,7 +450,7 @@ pub fn rms_norm<T: DeviceElement + Element>(
     weight: &DeviceTensor<T>,
     eps: f32,
 ) -> Result<DeviceTensor<T>> {
-    let (rows, dim) = check_rms_norm(x.shape(), weight.shape(), eps)?;
+    let (rows, dim) = check_norm("lm::rms_norm", x.shape(), weight.shape(), eps)?;
     let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
     let func = backend.function(LM, &format!("dl_lm_rms_norm_{}", T::SUFFIX))?;
     let rows_per_block = if dim <= WARP_ROW_MAX {
@@ -477,6 +476,61 @@ pub fn rms_norm<T: DeviceElement + Element>(
     // row blockIdx.x (< rows when rows_per_block == 1), reading and writing
     // only columns < d of x and out ([rows, d]) and w ([d], checked). vec only
     // when d is a whole number of 16-byte packs.
+    unsafe { launch.launch(blocks(rows.div_ceil(rows_per_block), 0)) }?;
+    Ok(out)
+}
+
+/// LayerNorm of each row of `x` (`[rows, dim]`) with `weight` and `bias`
+/// (`[dim]`), as [`crate::reference::lm::layer_norm`]: mean and biased
+/// variance in f32, `(x - mean) * (1 / sqrt(var + eps)) * weight + bias`,
+/// rounded once (only the sums are reduced in another order).
+///
+/// Errors: [`Error::ShapeMismatch`] when `weight` or `bias` is not `[dim]` or
+/// `x` is not 2-D, [`Error::Empty`] for an empty `x`,
+/// [`Error::InvalidConfig`] for a negative or non-finite `eps`.
+pub fn layer_norm<T: DeviceElement + Element>(
+    backend: &CudaBackend,
+    x: &DeviceTensor<T>,
+    weight: &DeviceTensor<T>,
+    bias: &DeviceTensor<T>,
+    eps: f32,
+) -> Result<DeviceTensor<T>> {
+    let (rows, dim) = check_norm("lm::layer_norm", x.shape(), weight.shape(), eps)?;
+    if bias.shape() != [dim] {
+        return Err(mismatch(
+            "lm::layer_norm",
+            format!(
+                "bias must be [{dim}] (the columns of x), found {:?}",
+                bias.shape()
+            ),
+        ));
+    }
+    let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
+    let func = backend.function(LM, &format!("dl_lm_layer_norm_{}", T::SUFFIX))?;
+    let rows_per_block = if dim <= WARP_ROW_MAX {
+        THREADS as usize / 32
+    } else {
+        1
+    };
+    let (rows_i, dim_i, rpb_i) = (rows as i32, dim as i32, rows_per_block as i32);
+    let vec = packs_fit::<T>(dim) as i32;
+    let mut launch = backend.stream().launch_builder(&func);
+    launch
+        .arg(x.slice())
+        .arg(weight.slice())
+        .arg(bias.slice())
+        .arg(out.slice_mut())
+        .arg(&rows_i)
+        .arg(&dim_i)
+        .arg(&eps)
+        .arg(&rpb_i)
+        .arg(&vec);
+    // SAFETY: dl_lm_layer_norm_T(const T* x, const T* w, const T* b, T* out,
+    // i32 rows, i32 d, float eps, i32 rows_per_block, i32 vec) handles rows
+    // blockIdx.x * rows_per_block + warp (< rows, checked in the kernel) or
+    // row blockIdx.x (< rows when rows_per_block == 1), reading and writing
+    // only columns < d of x and out ([rows, d]), w and b ([d], checked). vec
+    // only when d is a whole number of 16-byte packs.
     unsafe { launch.launch(blocks(rows.div_ceil(rows_per_block), 0)) }?;
     Ok(out)
 }
@@ -822,12 +876,25 @@ mod tests {
 
     #[test]
     fn rms_norm_shapes() {
-        assert_eq!(check_rms_norm(&[3, 8], &[8], 1e-6).unwrap(), (3, 8));
-        assert!(is_shape(check_rms_norm(&[3, 8], &[7], 1e-6)));
-        assert!(is_empty(check_rms_norm(&[0, 8], &[8], 1e-6)));
-        assert!(is_config(check_rms_norm(&[3, 8], &[8], -1.0)));
-        assert!(is_config(check_rms_norm(&[3, 8], &[8], f32::NAN)));
-        assert!(is_config(check_rms_norm(&[3, 8], &[8], f32::INFINITY)));
+        assert_eq!(
+            check_norm("lm::rms_norm", &[3, 8], &[8], 1e-6).unwrap(),
+            (3, 8)
+        );
+        assert!(is_shape(check_norm("lm::rms_norm", &[3, 8], &[7], 1e-6)));
+        assert!(is_empty(check_norm("lm::rms_norm", &[0, 8], &[8], 1e-6)));
+        assert!(is_config(check_norm("lm::rms_norm", &[3, 8], &[8], -1.0)));
+        assert!(is_config(check_norm(
+            "lm::rms_norm",
+            &[3, 8],
+            &[8],
+            f32::NAN
+        )));
+        assert!(is_config(check_norm(
+            "lm::rms_norm",
+            &[3, 8],
+            &[8],
+            f32::INFINITY
+        )));
     }
 
     #[test]

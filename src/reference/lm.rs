@@ -1,5 +1,5 @@
 //! CPU reference of the language-model ops around a dMoE layer: embedding
-//! lookup, RMSNorm, rotary position embedding, causal grouped-query attention
+//! lookup, RMSNorm, LayerNorm, rotary position embedding, causal grouped-query attention
 //! and residual addition. Plain functions over row-major 2-D arrays, f32
 //! arithmetic, results rounded once to `T`; the GPU kernels are held to these.
 
@@ -78,6 +78,54 @@ pub fn rms_norm<T: Element>(
         let scale = 1.0 / (sum_sq / dim as f32 + eps).sqrt();
         for ((o, &v), &w) in out_row.iter_mut().zip(row.iter()).zip(weight.iter()) {
             *o = T::from_f32(v.to_f32() * scale * w.to_f32());
+        }
+    }
+    Ok(out)
+}
+
+/// LayerNorm of each row of `x` (`[rows, dim]`) with `weight` and `bias`
+/// (`[dim]`): in f32, `mean = Σx / dim`, the biased `var = Σ(x - mean)² /
+/// dim`, `(x - mean) * (1 / sqrt(var + eps)) * weight + bias`, rounded once.
+///
+/// Errors: [`Error::ShapeMismatch`] when `weight` or `bias` is not `[dim]`,
+/// [`Error::InvalidConfig`] for a negative or non-finite `eps`.
+pub fn layer_norm<T: Element>(
+    x: ArrayView2<T>,
+    weight: ArrayView1<T>,
+    bias: ArrayView1<T>,
+    eps: f32,
+) -> Result<Array2<T>> {
+    const OP: &str = "lm::layer_norm";
+    expect_cols(
+        OP,
+        "x [rows, dim] with dim = weight.len()",
+        x.ncols(),
+        weight.len(),
+    )?;
+    expect_cols(
+        OP,
+        "x [rows, dim] with dim = bias.len()",
+        x.ncols(),
+        bias.len(),
+    )?;
+    if !(eps >= 0.0 && eps.is_finite()) {
+        return Err(Error::InvalidConfig(format!(
+            "layer_norm eps must be finite and >= 0, found {eps}"
+        )));
+    }
+    let n = x.ncols() as f32;
+    let mut out = Array2::<T>::default(x.dim());
+    for (row, mut out_row) in x.rows().into_iter().zip(out.rows_mut()) {
+        let mean = row.iter().map(|v| v.to_f32()).sum::<f32>() / n;
+        let var = row.iter().map(|v| (v.to_f32() - mean).powi(2)).sum::<f32>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &w), &b) in out_row
+            .iter_mut()
+            .zip(row.iter())
+            .zip(weight.iter())
+            .zip(bias.iter())
+        {
+            *o = T::from_f32((v.to_f32() - mean) * inv * w.to_f32() + b.to_f32());
         }
     }
     Ok(out)

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use dropless::reference::lm::{add, embedding, linear};
+use dropless::reference::lm::{self as lm, add, embedding, linear};
 use dropless::reference::moa::{
     moa_forward, moe_mlp, MoaConfig, MoaWeights, MoeMlpConfig, MoeMlpWeights, Projection, Router,
 };
@@ -21,7 +21,7 @@ use crate::error::{ModelError, Result};
 use crate::model::{argmax, Generation};
 
 /// IBM's `nn.LayerNorm` default, used whatever `layer_norm_epsilon` says.
-const LN_EPS: f32 = 1e-5;
+pub const LN_EPS: f32 = 1e-5;
 /// The block size of the CPU expert plans.
 const BLOCK: usize = 16;
 
@@ -34,20 +34,15 @@ pub struct LayerNorm<T> {
 }
 
 impl<T: Element> LayerNorm<T> {
-    /// Normalises each row in f32 (biased variance), rounded to `T`.
-    fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
-        let n = x.ncols() as f32;
-        let mut out = Array2::from_elem(x.dim(), T::from_f32(0.0));
-        for (row, mut o) in x.rows().into_iter().zip(out.rows_mut()) {
-            let mean = row.iter().map(|v| v.to_f32()).sum::<f32>() / n;
-            let var = row.iter().map(|v| (v.to_f32() - mean).powi(2)).sum::<f32>() / n;
-            let inv = 1.0 / (var + LN_EPS).sqrt();
-            for (i, (d, v)) in o.iter_mut().zip(row.iter()).enumerate() {
-                let y = (v.to_f32() - mean) * inv * self.weight[i].to_f32() + self.bias[i].to_f32();
-                *d = T::from_f32(y);
-            }
-        }
-        out
+    /// Normalises each row in f32 (biased variance), rounded to `T`
+    /// (`dropless::reference::lm::layer_norm`).
+    fn forward(&self, x: ArrayView2<T>) -> Result<Array2<T>> {
+        Ok(lm::layer_norm(
+            x,
+            self.weight.view(),
+            self.bias.view(),
+            LN_EPS,
+        )?)
     }
 }
 
@@ -261,7 +256,7 @@ impl<T: Element> MolmModel<T> {
         let (moa, mlp) = (self.moa_config(), self.mlp_config());
         let mut x = embedding(self.wte.view(), &ids.concat())?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.ln_1.forward(x.view());
+            let h = layer.ln_1.forward(x.view())?;
             let mut parts = Vec::with_capacity(batch);
             for b in 0..batch {
                 let rows = h.slice(s![b * tq..(b + 1) * tq, ..]);
@@ -283,14 +278,14 @@ impl<T: Element> MolmModel<T> {
             let views: Vec<_> = parts.iter().map(Array2::view).collect();
             let a = concatenate(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
             x = add(x.view(), a.view())?;
-            let h = layer.ln_2.forward(x.view());
+            let h = layer.ln_2.forward(x.view())?;
             let m = moe_mlp(&mlp, &layer.mlp, h.view())?;
             x = add(x.view(), m.view())?;
         }
         if let Some(cache) = cache {
             cache.len += tq;
         }
-        let x = self.ln_f.forward(x.view());
+        let x = self.ln_f.forward(x.view())?;
         let logits = linear(x.view(), self.lm_head.view())?.mapv(|v| T::from_f32(v).to_f32());
         logits
             .into_shape_with_order((batch, tq, c.vocab_size))
