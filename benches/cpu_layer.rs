@@ -3,8 +3,8 @@
 //! GFLOP/s over the useful FLOPs `6 * tokens * top_k * hidden * ffn` (the
 //! three expert projections), the count `scripts/bench-torch-moe.py` uses.
 //!
-//! `cargo bench --bench cpu_layer [-- ITERS]` (default 5 timed runs after
-//! one warm-up).
+//! `cargo bench --bench cpu_layer [-- ITERS] [DTYPE]` (default 5 timed runs
+//! after one warm-up; `f32` or `bf16` runs only the rows of that dtype).
 
 use std::time::Instant;
 
@@ -46,11 +46,13 @@ fn time_layer<T: Element>(shape: Shape, iters: usize) -> f64 {
 }
 
 fn main() {
-    let iters = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let iters = args
+        .iter()
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(5)
         .max(1);
+    let only = args.iter().find(|a| *a == "f32" || *a == "bf16");
     println!(
         "dropless CPU reference dMoE forward, top-2 of 8, GLU, {} rayon threads, median of {iters}",
         rayon::current_num_threads()
@@ -63,6 +65,9 @@ fn main() {
         ((2048, 1024, 2048), "bf16"),
     ];
     for (shape, dtype) in runs {
+        if only.is_some_and(|d| d != dtype) {
+            continue;
+        }
         let secs = match dtype {
             "f32" => time_layer::<f32>(shape, iters),
             _ => time_layer::<bf16>(shape, iters),

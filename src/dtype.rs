@@ -1,6 +1,7 @@
 //! Element types: f32, f16 and bf16, all computed in f32.
 
 use half::{bf16, f16};
+use ndarray::ArrayView2;
 
 /// The element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +52,13 @@ pub trait Element: Copy + Default + Send + Sync + std::fmt::Debug + PartialEq + 
     fn to_f32(self) -> f32;
     /// Rounds an f32 to this type (round to nearest even).
     fn from_f32(v: f32) -> Self;
+    /// `x` itself when this type is bf16, else `None` (how the CPU backend
+    /// finds the operands its bf16 dot-product kernel takes).
+    #[doc(hidden)]
+    fn bf16_view(x: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, bf16>> {
+        let _ = x;
+        None
+    }
 }
 
 impl Element for f32 {
@@ -80,5 +88,8 @@ impl Element for bf16 {
     }
     fn from_f32(v: f32) -> Self {
         bf16::from_f32(v)
+    }
+    fn bf16_view(x: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, bf16>> {
+        Some(x)
     }
 }

@@ -8,12 +8,15 @@ mod skew;
 use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::activation::{gelu, gelu_grad, silu, silu_grad};
 use dropless::reference::loss::{load_balancing_loss, router_z_loss};
-use dropless::reference::moe::forward;
+use dropless::reference::moe::{forward, forward_train};
 use dropless::reference::permute::{
     histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter,
     padded_scatter_weight_grad, sort_by_expert,
 };
 use dropless::reference::routing::route;
+use dropless::reference::{dsd, sdd};
+use dropless::{DType, Element};
+use half::{bf16, f16};
 use ndarray::{array, Array1, Array2, ArrayView2};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -638,6 +641,58 @@ proptest! {
             skew_to_expert0(&mut weights, &mut x, 4.0);
         }
         check_forward(&cfg, &weights, x.view());
+    }
+}
+
+/// The forward's one-pass expert MLP against the unfused ops that
+/// `forward_train` composes (and saves): the same values exactly, in `T`.
+fn check_fused_forward<T: Element>(cfg: &MoeConfig, seed: u64, tokens: usize) {
+    let weights = MoeWeights::<T>::random(cfg, seed).unwrap();
+    let x = random_matrix(&mut StdRng::seed_from_u64(seed ^ 0xf0), tokens, cfg.hidden)
+        .mapv(T::from_f32);
+    let out = forward(cfg, &weights, x.view()).unwrap();
+    let (train, saved) = forward_train(cfg, &weights, x.view()).unwrap();
+    assert_eq!(out, train);
+    // The saved intermediates are the public ops' results on the whole
+    // padded layout (padding rows included), up to the summation order of a
+    // product kernel chosen for fewer rows (one rounding of `T`).
+    let tol = if T::DTYPE == DType::F32 { 1e-5 } else { 1e-2 };
+    let f32_of = |m: &Array2<T>| m.mapv(|v| v.to_f32());
+    let x_g = saved.x_gathered().view();
+    let pre_w1 = sdd(x_g, weights.w1.view(), true, saved.topology()).unwrap();
+    let (want, got) = (pre_w1.to_dense(), saved.pre_w1().to_dense());
+    assert_close(f32_of(&got).view(), f32_of(&want).view(), tol, "x_g · W1ᵀ");
+    if let (Some(w3), Some(got)) = (&weights.w3, saved.pre_w3()) {
+        let pre_w3 = sdd(x_g, w3.view(), true, saved.topology()).unwrap();
+        let (want, got) = (pre_w3.to_dense(), got.to_dense());
+        assert_close(f32_of(&got).view(), f32_of(&want).view(), tol, "x_g · W3ᵀ");
+    }
+    let y = dsd(saved.hidden().view(), weights.w2.view()).unwrap();
+    assert_close(f32_of(saved.y()).view(), f32_of(&y).view(), tol, "h · W2");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn fused_forward_equals_the_unfused_ops(
+        tokens in 1usize..300,
+        hidden in 1usize..48,
+        experts in 1usize..=5,
+        block_index in 0usize..3,
+        glu: bool,
+        dtype in 0usize..3,
+        seed: u64,
+    ) {
+        let block = [16usize, 32, 128][block_index];
+        let mlp = if glu { MlpKind::Glu } else { MlpKind::Plain };
+        let top_k = experts.min(2);
+        let cfg = config(hidden, 2 * block, experts, top_k, mlp, true, block);
+        match dtype {
+            0 => check_fused_forward::<f32>(&cfg, seed, tokens),
+            1 => check_fused_forward::<bf16>(&cfg, seed, tokens),
+            _ => check_fused_forward::<f16>(&cfg, seed, tokens),
+        }
     }
 }
 

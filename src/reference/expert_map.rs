@@ -39,9 +39,10 @@ use crate::checks::check_nonempty;
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::permute::{
-    histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter, sort_by_expert,
+    histogram, inclusive_cumsum, live_rows, padded_bins, padded_gather, padded_scatter,
+    sort_by_expert,
 };
-use crate::reference::sparse_ops::{dsd, sdd};
+use crate::reference::sparse_ops::{dsd_live, sdd_live};
 use crate::sparse::BlockSparse;
 use crate::topology::Topology;
 
@@ -59,6 +60,8 @@ pub struct ExpertPlan {
     bins: Array1<i32>,
     padded_bins: Array1<i32>,
     topology: Arc<Topology>,
+    /// The live (non-padding) rows of each block row of the padded layout.
+    live: Vec<usize>,
 }
 
 impl ExpertPlan {
@@ -102,6 +105,7 @@ impl ExpertPlan {
             bins,
             padded_bins: padded,
             topology,
+            live: live_rows(&counts, block_size),
         })
     }
 
@@ -198,7 +202,8 @@ pub fn map<T: Element>(plan: &ExpertPlan, x: ArrayView2<T>, w: ArrayView3<T>) ->
         None,
         plan.top_k,
     )?;
-    let hidden = sdd(gathered.view(), b.view(), false, &plan.topology)?;
+    let live = Some(plan.live.as_slice());
+    let hidden = sdd_live(gathered.view(), b.view(), false, &plan.topology, live)?;
     let padded_rows = expert_rows(&hidden, plan);
     let in_order = padded_scatter(
         padded_rows.view(),
@@ -282,7 +287,7 @@ pub fn reduce<T: Element>(
         1,
     )?;
     let sparse = expert_blocks(rows.view(), plan)?;
-    let y = dsd(sparse.view(), b.view())?;
+    let y = dsd_live(sparse.view(), b.view(), Some(plan.live.as_slice()))?;
     padded_scatter(
         y.view(),
         plan.indices.view(),

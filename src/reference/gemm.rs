@@ -14,6 +14,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2, ShapeBuilder};
 use rayon::prelude::*;
 
 use crate::dtype::Element;
+use crate::reference::few_rows;
 
 /// Rows per rayon task when converting a matrix between `T` and f32.
 const CONVERT_ROWS: usize = 64;
@@ -100,8 +101,13 @@ pub(crate) fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     c
 }
 
-/// `a · b` for `T` operands (widened to f32 once), unrounded f32 result.
+/// `a · b` for `T` operands, unrounded f32 result: widened to f32 once, or,
+/// for a bf16 or f16 `b` and few rows of `a` (a decode step), with `b` read
+/// as stored ([`few_rows::matmul`]).
 pub(crate) fn matmul_t<T: Element>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<f32> {
+    if few_rows::reads_as_stored::<T>(a.nrows()) {
+        return few_rows::matmul(as_f32(a).view(), b);
+    }
     matmul(as_f32(a).view(), as_f32(b).view())
 }
 
@@ -119,6 +125,27 @@ pub(crate) fn as_f32<T: Element>(x: ArrayView2<'_, T>) -> CowArray<'_, f32, Ix2>
         return CowArray::from(view);
     }
     CowArray::from(widen(x))
+}
+
+/// The memory order of an f32 operand from [`to_f32`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// As given when `T` is f32 (a view), else a standard-layout copy.
+    AsIs,
+    /// Contiguous along the first axis (column-major): a view when `T` is
+    /// f32 and `x` already is, else a converted copy in that order.
+    ColumnMajor,
+}
+
+/// `x` as f32 in `order`.
+pub(crate) fn to_f32<T: Element>(x: ArrayView2<'_, T>, order: Order) -> CowArray<'_, f32, Ix2> {
+    let is_f32 = TypeId::of::<T>() == TypeId::of::<f32>();
+    match order {
+        Order::ColumnMajor if !(is_f32 && x.strides()[0] == 1) => {
+            CowArray::from(widen(x.reversed_axes()).reversed_axes())
+        }
+        _ => as_f32(x),
+    }
 }
 
 /// An f32 copy of `x` in standard layout, converted in parallel over rows.

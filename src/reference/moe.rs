@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{s, Array1, Array2, ArrayView2};
 use rayon::prelude::*;
 
 use crate::checks::check_nonempty;
@@ -16,13 +16,13 @@ use crate::config::{MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
-use crate::reference::gemm;
 use crate::reference::loss::{load_balancing_loss, router_z_loss};
 use crate::reference::permute::{
-    histogram, inclusive_cumsum, padded_bins, padded_gather, padded_scatter, sort_by_expert,
+    histogram, inclusive_cumsum, live_rows, padded_bins, padded_gather, padded_scatter,
+    sort_by_expert,
 };
 use crate::reference::routing::{route, Routing};
-use crate::reference::sparse_ops::{dsd, sdd};
+use crate::reference::sparse_ops::{dsd_live, sdd_dsd, sdd_live, LiveRows};
 use crate::sparse::BlockSparse;
 use crate::topology::Topology;
 
@@ -41,24 +41,42 @@ pub struct MoeOutput<T> {
     pub z_loss: f32,
 }
 
+/// Experts whose router logits are summed side by side (one SIMD register).
+const LOGIT_LANES: usize = 16;
+
 /// Router logits `x · routerᵀ`, accumulated in f32 in order of the hidden axis.
+///
+/// Up to [`LOGIT_LANES`] experts are summed side by side in registers, one
+/// hidden index at a time, so the sums vectorise across experts while each
+/// keeps its order.
 pub(crate) fn router_logits<T: Element>(x: ArrayView2<T>, router: ArrayView2<T>) -> Array2<f32> {
     let experts = router.nrows();
     let mut logits = Array2::<f32>::zeros((x.nrows(), experts));
     if experts == 0 {
         return logits;
     }
-    let router = gemm::as_f32(router);
+    // `[hidden, groups * LOGIT_LANES]`, zero-padded: row `h` holds every
+    // expert's weight for hidden index `h`.
+    let groups = experts.div_ceil(LOGIT_LANES);
+    let mut router_t = Array2::<f32>::zeros((router.ncols(), groups * LOGIT_LANES));
+    router_t
+        .slice_mut(s![.., ..experts])
+        .assign(&router.t().mapv(|v| v.to_f32()));
+    let router_t = router_t.as_slice().expect("a new array is contiguous");
     let data = logits.as_slice_mut().expect("a new array is contiguous");
     data.par_chunks_mut(experts)
         .enumerate()
         .for_each(|(t, row)| {
             let xt: Vec<f32> = x.row(t).iter().map(|v| v.to_f32()).collect();
-            for (l, r) in row.iter_mut().zip(router.rows()) {
-                *l = xt
-                    .iter()
-                    .zip(r.iter())
-                    .fold(0.0f32, |acc, (&a, &b)| acc + a * b);
+            for (g, out) in row.chunks_mut(LOGIT_LANES).enumerate() {
+                let mut acc = [0.0f32; LOGIT_LANES];
+                for (&v, r) in xt.iter().zip(router_t.chunks_exact(groups * LOGIT_LANES)) {
+                    let r = &r[g * LOGIT_LANES..(g + 1) * LOGIT_LANES];
+                    for (a, &w) in acc.iter_mut().zip(r) {
+                        *a += v * w;
+                    }
+                }
+                out.copy_from_slice(&acc[..out.len()]);
             }
         });
     logits
@@ -162,14 +180,21 @@ pub(crate) fn require_w3<T>(weights: &MoeWeights<T>) -> Result<&Array2<T>> {
 /// rounded to `T`.
 type ExpertHidden<T> = (BlockSparse<T>, Option<BlockSparse<T>>, BlockSparse<T>);
 
-/// The expert MLP up to its activations, as [`ExpertHidden`].
+/// `v` rounded to `T` and back, as a kernel that stores `v` and reloads it.
+fn rounded<T: Element>(v: f32) -> f32 {
+    T::from_f32(v).to_f32()
+}
+
+/// The expert MLP up to its activations, as [`ExpertHidden`]; rows of
+/// `x_gathered` past `live` are padding (zero).
 fn expert_hidden<T: Element>(
     config: &MoeConfig,
     weights: &MoeWeights<T>,
     x_gathered: ArrayView2<T>,
     topology: &Arc<Topology>,
+    live: LiveRows,
 ) -> Result<ExpertHidden<T>> {
-    let pre_w1 = sdd(x_gathered, weights.w1.view(), true, topology)?;
+    let pre_w1 = sdd_live(x_gathered, weights.w1.view(), true, topology, live)?;
     let mut hidden = pre_w1.clone();
     let pre_w3 = match config.mlp {
         MlpKind::Plain => {
@@ -183,7 +208,8 @@ fn expert_hidden<T: Element>(
             None
         }
         MlpKind::Glu => {
-            let pre_w3 = sdd(x_gathered, require_w3(weights)?.view(), true, topology)?;
+            let w3 = require_w3(weights)?.view();
+            let pre_w3 = sdd_live(x_gathered, w3, true, topology, live)?;
             hidden
                 .data_mut()
                 .par_chunks_mut(ACTIVATION_CHUNK)
@@ -197,6 +223,129 @@ fn expert_hidden<T: Element>(
         }
     };
     Ok((pre_w1, pre_w3, hidden))
+}
+
+/// The expert output `h · W2` of [`expert_hidden`]'s activations `h`, in
+/// one pass ([`sdd_dsd`]): each block's activation is applied to its f32
+/// tiles as they are computed (the pre-activations rounded to `T` first), so
+/// the values are those of [`expert_hidden`] then `dsd` exactly.
+fn expert_output<T: Element>(
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x_gathered: ArrayView2<T>,
+    topology: &Arc<Topology>,
+    live: LiveRows,
+) -> Result<Array2<T>> {
+    let (w1, w2) = (weights.w1.view(), weights.w2.view());
+    match config.mlp {
+        MlpKind::Plain => sdd_dsd(x_gathered, [w1], true, w2, topology, live, |[a], out| {
+            out.iter_mut()
+                .zip(a.iter())
+                .for_each(|(o, &a)| *o = T::from_f32(gelu(rounded::<T>(a))));
+        }),
+        MlpKind::Glu => {
+            let w3 = require_w3(weights)?.view();
+            sdd_dsd(
+                x_gathered,
+                [w1, w3],
+                true,
+                w2,
+                topology,
+                live,
+                |[a, b], out| {
+                    for ((o, &a), &b) in out.iter_mut().zip(a.iter()).zip(b.iter()) {
+                        *o = T::from_f32(silu(rounded::<T>(a)) * rounded::<T>(b));
+                    }
+                },
+            )
+        }
+    }
+}
+
+/// The routing and padded expert layout of one forward: everything before
+/// the expert MLP.
+struct Dispatch<T> {
+    logits: Array2<f32>,
+    routing: Routing,
+    load_balancing_loss: f32,
+    z_loss: f32,
+    tokens_per_expert: Array1<i32>,
+    indices: Array1<i32>,
+    bins: Array1<i32>,
+    padded_bins: Array1<i32>,
+    topology: Arc<Topology>,
+    /// The live (non-padding) rows of each block row of the padded layout.
+    live: Vec<usize>,
+    x_gathered: Array2<T>,
+}
+
+/// Routes `x` and gathers it into the padded expert layout. Errors:
+/// [`forward`]'s.
+fn dispatch<T: Element>(
+    config: &MoeConfig,
+    weights: &MoeWeights<T>,
+    x: ArrayView2<T>,
+) -> Result<Dispatch<T>> {
+    check_input("moe::forward", config, weights, x)?;
+    let (e, k) = (config.num_experts, config.top_k);
+
+    let logits = router_logits(x, weights.router.view());
+    let routing = route(logits.view(), k, config.renormalize)?;
+    let z_loss = router_z_loss(logits.view())?;
+    let load_balancing_loss =
+        load_balancing_loss(routing.probs.view(), routing.expert_ids.view(), e)?;
+
+    let tokens_per_expert = histogram(routing.expert_ids.view(), e)?;
+    let (indices, _bin_ids) = sort_by_expert(routing.expert_ids.view(), e)?;
+    let bins = inclusive_cumsum(tokens_per_expert.view())?;
+    let padded_bins = padded_bins(tokens_per_expert.view(), config.block_size)?;
+    let counts: Vec<usize> = tokens_per_expert.iter().map(|&c| c as usize).collect();
+    let topology = Arc::new(Topology::from_tokens_per_expert(
+        &counts,
+        config.ffn,
+        config.block_size,
+    )?);
+    let live = live_rows(&counts, config.block_size);
+    let x_gathered = padded_gather(x, indices.view(), bins.view(), padded_bins.view(), None, k)?;
+    Ok(Dispatch {
+        logits,
+        routing,
+        load_balancing_loss,
+        z_loss,
+        tokens_per_expert,
+        indices,
+        bins,
+        padded_bins,
+        topology,
+        live,
+        x_gathered,
+    })
+}
+
+impl<T: Element> Dispatch<T> {
+    /// Scatters the padded expert output `y` back to token order, weighted
+    /// by the routing weights.
+    fn combine(&self, y: ArrayView2<T>, top_k: usize) -> Result<Array2<T>> {
+        padded_scatter(
+            y,
+            self.indices.view(),
+            self.bins.view(),
+            self.padded_bins.view(),
+            Some(self.routing.weights.view()),
+            top_k,
+        )
+    }
+
+    /// The layer's output record around `output`.
+    fn output(&self, output: Array2<T>) -> MoeOutput<T> {
+        MoeOutput {
+            output,
+            routing: self.routing.clone(),
+            tokens_per_expert: self.tokens_per_expert.clone(),
+            load_balancing_loss: self.load_balancing_loss,
+            z_loss: self.z_loss,
+        }
+    }
 }
 
 /// Checks the config, the weights and that `x` is a non-empty
@@ -244,7 +393,10 @@ pub fn forward<T: Element>(
     weights: &MoeWeights<T>,
     x: ArrayView2<T>,
 ) -> Result<MoeOutput<T>> {
-    forward_train(config, weights, x).map(|(output, _)| output)
+    let d = dispatch(config, weights, x)?;
+    let live = Some(d.live.as_slice());
+    let y = expert_output(config, weights, d.x_gathered.view(), &d.topology, live)?;
+    Ok(d.output(d.combine(y.view(), config.top_k)?))
 }
 
 /// [`forward`], also returning the [`MoeSaved`] state for
@@ -254,59 +406,27 @@ pub fn forward_train<T: Element>(
     weights: &MoeWeights<T>,
     x: ArrayView2<T>,
 ) -> Result<(MoeOutput<T>, MoeSaved<T>)> {
-    check_input("moe::forward", config, weights, x)?;
-    let (e, k) = (config.num_experts, config.top_k);
-
-    let logits = router_logits(x, weights.router.view());
-    let routing = route(logits.view(), k, config.renormalize)?;
-    let z_loss = router_z_loss(logits.view())?;
-    let load_balancing_loss =
-        load_balancing_loss(routing.probs.view(), routing.expert_ids.view(), e)?;
-
-    let tokens_per_expert = histogram(routing.expert_ids.view(), e)?;
-    let (indices, _bin_ids) = sort_by_expert(routing.expert_ids.view(), e)?;
-    let bins = inclusive_cumsum(tokens_per_expert.view())?;
-    let padded = padded_bins(tokens_per_expert.view(), config.block_size)?;
-    let counts: Vec<usize> = tokens_per_expert.iter().map(|&c| c as usize).collect();
-    let topology = Arc::new(Topology::from_tokens_per_expert(
-        &counts,
-        config.ffn,
-        config.block_size,
-    )?);
-
-    let x_gathered = padded_gather(x, indices.view(), bins.view(), padded.view(), None, k)?;
-    let (pre_w1, pre_w3, hidden) = expert_hidden(config, weights, x_gathered.view(), &topology)?;
-    let y = dsd(hidden.view(), weights.w2.view())?;
-    let output = padded_scatter(
-        y.view(),
-        indices.view(),
-        bins.view(),
-        padded.view(),
-        Some(routing.weights.view()),
-        k,
-    )?;
+    let d = dispatch(config, weights, x)?;
+    let live = Some(d.live.as_slice());
+    let (pre_w1, pre_w3, hidden) =
+        expert_hidden(config, weights, d.x_gathered.view(), &d.topology, live)?;
+    let y = dsd_live(hidden.view(), weights.w2.view(), live)?;
+    let output = d.output(d.combine(y.view(), config.top_k)?);
     let saved = MoeSaved {
         config: *config,
         x: x.to_owned(),
-        logits,
-        routing: routing.clone(),
-        tokens_per_expert: tokens_per_expert.clone(),
-        indices,
-        bins,
-        padded_bins: padded,
-        topology,
-        x_gathered,
+        logits: d.logits,
+        routing: d.routing,
+        tokens_per_expert: d.tokens_per_expert,
+        indices: d.indices,
+        bins: d.bins,
+        padded_bins: d.padded_bins,
+        topology: d.topology,
+        x_gathered: d.x_gathered,
         pre_w1,
         pre_w3,
         hidden,
         y,
-    };
-    let output = MoeOutput {
-        output,
-        routing,
-        tokens_per_expert,
-        load_balancing_loss,
-        z_loss,
     };
     Ok((output, saved))
 }

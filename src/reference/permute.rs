@@ -8,6 +8,7 @@
 //! expert's group past its count are padding.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use rayon::prelude::*;
 
 use crate::checks::{check_nonempty, check_top_k};
 use crate::dtype::Element;
@@ -173,6 +174,18 @@ pub fn padded_bins(tokens_per_expert: ArrayView1<i32>, block_size: usize) -> Res
     Ok(bins)
 }
 
+/// The live rows of each block row of the padded expert layout: `bs` for an
+/// expert's full blocks, the remainder for its last one.
+pub(crate) fn live_rows(tokens_per_expert: &[usize], bs: usize) -> Vec<usize> {
+    tokens_per_expert
+        .iter()
+        .flat_map(|&c| {
+            let rem = (c % bs != 0).then_some(c % bs);
+            std::iter::repeat_n(bs, c / bs).chain(rem)
+        })
+        .collect()
+}
+
 /// The padded layout described by `(indices, bins, padded_bins, top_k)`,
 /// checked for consistency.
 struct Layout {
@@ -322,18 +335,32 @@ pub fn padded_gather<T: Element>(
     let h = x.ncols();
     check_i32("padded tokens x hidden", product(&[layout.padded, h]))?;
     let mut out = Array2::from_elem((layout.padded, h), T::from_f32(0.0));
-    for (a, &row) in layout.row_of.iter().enumerate() {
-        let (t, j) = (a / top_k, a % top_k);
-        let src = x.row(t);
-        let mut dst = out.row_mut(row);
-        match weights {
-            Some(w) => {
-                let w = w[[t, j]];
-                dst.zip_mut_with(&src, |d, &s| *d = T::from_f32(w * s.to_f32()));
-            }
-            None => dst.assign(&src),
-        }
+    if h == 0 {
+        return Ok(out);
     }
+    // The assignment each padded row holds (`None`: padding).
+    let mut assignment_of = vec![None; layout.padded];
+    for (a, &row) in layout.row_of.iter().enumerate() {
+        assignment_of[row] = Some(a);
+    }
+    out.as_slice_mut()
+        .expect("a new array is contiguous")
+        .par_chunks_mut(h)
+        .zip(assignment_of.par_iter())
+        .for_each(|(dst, a)| {
+            let Some(a) = *a else { return };
+            let (t, j) = (a / top_k, a % top_k);
+            let src = x.row(t);
+            match weights {
+                Some(w) => {
+                    let w = w[[t, j]];
+                    for (d, &s) in dst.iter_mut().zip(src.iter()) {
+                        *d = T::from_f32(w * s.to_f32());
+                    }
+                }
+                None => dst.iter_mut().zip(src.iter()).for_each(|(d, &s)| *d = s),
+            }
+        });
     Ok(out)
 }
 
@@ -361,20 +388,30 @@ pub fn padded_scatter<T: Element>(
     let h = y.ncols();
     check_i32("tokens x hidden", product(&[layout.tokens, h]))?;
     let mut out = Array2::from_elem((layout.tokens, h), T::from_f32(0.0));
-    let mut acc = vec![0.0f32; h];
-    for t in 0..layout.tokens {
-        acc.fill(0.0);
-        for j in 0..top_k {
-            let w = weights.map_or(1.0, |w| w[[t, j]]);
-            let src = y.row(layout.row_of[t * top_k + j]);
-            for (a, &s) in acc.iter_mut().zip(src.iter()) {
-                *a += w * s.to_f32();
-            }
-        }
-        for (d, &a) in out.row_mut(t).iter_mut().zip(&acc) {
-            *d = T::from_f32(a);
-        }
+    if h == 0 {
+        return Ok(out);
     }
+    // One rayon task per token row (disjoint rows of `out`).
+    out.as_slice_mut()
+        .expect("a new array is contiguous")
+        .par_chunks_mut(h)
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; h],
+            |acc, (t, dst)| {
+                acc.fill(0.0);
+                for j in 0..top_k {
+                    let w = weights.map_or(1.0, |w| w[[t, j]]);
+                    let src = y.row(layout.row_of[t * top_k + j]);
+                    for (a, &s) in acc.iter_mut().zip(src.iter()) {
+                        *a += w * s.to_f32();
+                    }
+                }
+                for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+                    *d = T::from_f32(a);
+                }
+            },
+        );
     Ok(out)
 }
 
