@@ -18,13 +18,16 @@
 //! match:
 //!
 //! - map: [`padded_gather`] of `x` into the padded expert-sorted layout,
-//!   [`sdd`] with the experts' W side by side (`[in, experts * width]`) on the
-//!   plan's block-diagonal topology (f32 accumulation, one rounding to `T`),
+//!   [`sdd`](crate::reference::sdd) with the experts' W side by side
+//!   (`[in, experts * width]`) on the plan's block-diagonal topology (f32
+//!   accumulation, one rounding to `T`; the padding rows of each expert's
+//!   last block are not computed),
 //!   then a permutation of the padded rows back to (token, slot) order
 //!   ([`padded_scatter`] with `top_k = 1`, an exact copy).
 //! - reduce: the same row permutation into the padded layout
-//!   ([`padded_gather`] with `top_k = 1`), [`dsd`] with the experts' V stacked
-//!   (`[experts * width, out]`, one rounding to `T`), then [`padded_scatter`]
+//!   ([`padded_gather`] with `top_k = 1`), [`dsd`](crate::reference::dsd)
+//!   with the experts' V stacked (`[experts * width, out]`, one rounding to
+//!   `T`), then [`padded_scatter`]
 //!   weighted by the gates (f32 accumulation over the slots, one rounding).
 //!
 //! A width that is not a multiple of the block size is zero-padded up to one
@@ -145,6 +148,10 @@ impl ExpertPlan {
     /// The block-diagonal topology `[padded rows, num_experts * padded width]`.
     pub fn topology(&self) -> &Arc<Topology> {
         &self.topology
+    }
+    /// The live (non-padding) rows of each block row of the padded layout.
+    pub(crate) fn live(&self) -> &[usize] {
+        &self.live
     }
 }
 

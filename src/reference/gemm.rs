@@ -1,11 +1,14 @@
-//! The one place the CPU reference multiplies matrices: f32 products with
-//! f32 accumulation on the `gemm` crate (pure Rust, SIMD kernels chosen at
-//! run time, rayon threads), plus the panel conversions between `T` and f32
-//! around them.
+//! The CPU reference's f32 products, f32 accumulation on the `gemm` crate
+//! (pure Rust, SIMD kernels chosen at run time, rayon threads), plus the
+//! conversions between `T` and f32 around them. The other two product
+//! kernels are [`crate::reference::gemm_bf16`] (bf16 operands on a CPU with
+//! AVX512-BF16) and [`crate::reference::few_rows`] (a decode step's handful
+//! of rows against a stored bf16 or f16 weight); the block-sparse ops choose
+//! between the three through [`crate::reference::operand`].
 //!
 //! f32 operands are used in place; f16 and bf16 operands are widened to f32
-//! a whole matrix (or block set) at a time, in parallel over rows, and
-//! results are rounded to `T` once on store.
+//! a whole matrix (or panel) at a time, in parallel over rows, and results
+//! are rounded to `T` once on store.
 
 use std::any::TypeId;
 

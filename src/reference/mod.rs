@@ -1,5 +1,7 @@
-//! The CPU reference of every op: ndarray, f32 arithmetic, f16/bf16 operands
-//! widened on load and rounded on store. The CUDA ops are held to these.
+//! The CPU reference of every op: ndarray, f32 arithmetic and accumulation,
+//! f16/bf16 operands widened on load (or, for bf16 on a CPU with
+//! AVX512-BF16, multiplied by its bf16 dot-product instruction) and rounded
+//! on store. The CUDA ops are held to these.
 
 pub mod activation;
 pub mod backward;

@@ -1,10 +1,14 @@
-//! The dMoE layer forward on the CPU, composed from the reference ops exactly
-//! as the GPU path composes its kernels: route, sort by expert, gather into
-//! the padded layout, block-sparse expert FFN, scatter back with the routing
+//! The dMoE layer forward on the CPU, composed from the reference ops as the
+//! GPU path composes its kernels: route, sort by expert, gather into the
+//! padded layout, block-sparse expert FFN, scatter back with the routing
 //! weights. Intermediates are rounded to `T` wherever a kernel stores them.
 //!
 //! [`forward_train`] also returns the [`MoeSaved`] state that
-//! [`crate::reference::backward::backward`] needs; [`forward`] drops it.
+//! [`crate::reference::backward::backward`] needs. [`forward`] computes the
+//! same values without keeping it: the expert FFN in one pass per block row
+//! (each block's activation multiplied into the output as it is made). Both
+//! skip the padding rows of each expert's last block (zero rows, whose
+//! products are zero).
 
 use std::sync::Arc;
 
@@ -16,11 +20,9 @@ use crate::config::{MlpKind, MoeConfig, MoeWeights};
 use crate::dtype::Element;
 use crate::error::{check_i32, product, Error, Result};
 use crate::reference::activation::{gelu, silu};
+use crate::reference::expert_map::ExpertPlan;
 use crate::reference::loss::{load_balancing_loss, router_z_loss};
-use crate::reference::permute::{
-    histogram, inclusive_cumsum, live_rows, padded_bins, padded_gather, padded_scatter,
-    sort_by_expert,
-};
+use crate::reference::permute::{padded_gather, padded_scatter};
 use crate::reference::routing::{route, Routing};
 use crate::reference::sparse_ops::{dsd_live, sdd_dsd, sdd_live, LiveRows};
 use crate::sparse::BlockSparse;
@@ -97,11 +99,7 @@ pub struct MoeSaved<T> {
     x: Array2<T>,
     logits: Array2<f32>,
     routing: Routing,
-    tokens_per_expert: Array1<i32>,
-    indices: Array1<i32>,
-    bins: Array1<i32>,
-    padded_bins: Array1<i32>,
-    topology: Arc<Topology>,
+    plan: ExpertPlan,
     x_gathered: Array2<T>,
     pre_w1: BlockSparse<T>,
     pre_w3: Option<BlockSparse<T>>,
@@ -128,23 +126,23 @@ impl<T> MoeSaved<T> {
     }
     /// `[num_experts]`: assignments routed to each expert.
     pub fn tokens_per_expert(&self) -> &Array1<i32> {
-        &self.tokens_per_expert
+        self.plan.tokens_per_expert()
     }
     /// `[tokens * top_k]`: the flat assignments sorted by expert.
     pub fn indices(&self) -> &Array1<i32> {
-        &self.indices
+        self.plan.indices()
     }
     /// `[num_experts]`: inclusive cumsum of the tokens per expert.
     pub fn bins(&self) -> &Array1<i32> {
-        &self.bins
+        self.plan.bins()
     }
     /// `[num_experts]`: inclusive cumsum of the block-padded tokens per expert.
     pub fn padded_bins(&self) -> &Array1<i32> {
-        &self.padded_bins
+        self.plan.padded_bins()
     }
     /// The block-sparse topology of the expert MLP, `[padded, num_experts * ffn]`.
     pub fn topology(&self) -> &Arc<Topology> {
-        &self.topology
+        self.plan.topology()
     }
     /// `[padded, hidden]`: the input gathered into the padded expert layout.
     pub fn x_gathered(&self) -> &Array2<T> {
@@ -269,13 +267,7 @@ struct Dispatch<T> {
     routing: Routing,
     load_balancing_loss: f32,
     z_loss: f32,
-    tokens_per_expert: Array1<i32>,
-    indices: Array1<i32>,
-    bins: Array1<i32>,
-    padded_bins: Array1<i32>,
-    topology: Arc<Topology>,
-    /// The live (non-padding) rows of each block row of the padded layout.
-    live: Vec<usize>,
+    plan: ExpertPlan,
     x_gathered: Array2<T>,
 }
 
@@ -295,29 +287,21 @@ fn dispatch<T: Element>(
     let load_balancing_loss =
         load_balancing_loss(routing.probs.view(), routing.expert_ids.view(), e)?;
 
-    let tokens_per_expert = histogram(routing.expert_ids.view(), e)?;
-    let (indices, _bin_ids) = sort_by_expert(routing.expert_ids.view(), e)?;
-    let bins = inclusive_cumsum(tokens_per_expert.view())?;
-    let padded_bins = padded_bins(tokens_per_expert.view(), config.block_size)?;
-    let counts: Vec<usize> = tokens_per_expert.iter().map(|&c| c as usize).collect();
-    let topology = Arc::new(Topology::from_tokens_per_expert(
-        &counts,
-        config.ffn,
-        config.block_size,
-    )?);
-    let live = live_rows(&counts, config.block_size);
-    let x_gathered = padded_gather(x, indices.view(), bins.view(), padded_bins.view(), None, k)?;
+    let plan = ExpertPlan::new(routing.expert_ids.view(), e, config.ffn, config.block_size)?;
+    let x_gathered = padded_gather(
+        x,
+        plan.indices().view(),
+        plan.bins().view(),
+        plan.padded_bins().view(),
+        None,
+        k,
+    )?;
     Ok(Dispatch {
         logits,
         routing,
         load_balancing_loss,
         z_loss,
-        tokens_per_expert,
-        indices,
-        bins,
-        padded_bins,
-        topology,
-        live,
+        plan,
         x_gathered,
     })
 }
@@ -328,9 +312,9 @@ impl<T: Element> Dispatch<T> {
     fn combine(&self, y: ArrayView2<T>, top_k: usize) -> Result<Array2<T>> {
         padded_scatter(
             y,
-            self.indices.view(),
-            self.bins.view(),
-            self.padded_bins.view(),
+            self.plan.indices().view(),
+            self.plan.bins().view(),
+            self.plan.padded_bins().view(),
             Some(self.routing.weights.view()),
             top_k,
         )
@@ -341,7 +325,7 @@ impl<T: Element> Dispatch<T> {
         MoeOutput {
             output,
             routing: self.routing.clone(),
-            tokens_per_expert: self.tokens_per_expert.clone(),
+            tokens_per_expert: self.plan.tokens_per_expert().clone(),
             load_balancing_loss: self.load_balancing_loss,
             z_loss: self.z_loss,
         }
@@ -394,8 +378,8 @@ pub fn forward<T: Element>(
     x: ArrayView2<T>,
 ) -> Result<MoeOutput<T>> {
     let d = dispatch(config, weights, x)?;
-    let live = Some(d.live.as_slice());
-    let y = expert_output(config, weights, d.x_gathered.view(), &d.topology, live)?;
+    let (live, topology) = (Some(d.plan.live()), d.plan.topology());
+    let y = expert_output(config, weights, d.x_gathered.view(), topology, live)?;
     Ok(d.output(d.combine(y.view(), config.top_k)?))
 }
 
@@ -407,9 +391,9 @@ pub fn forward_train<T: Element>(
     x: ArrayView2<T>,
 ) -> Result<(MoeOutput<T>, MoeSaved<T>)> {
     let d = dispatch(config, weights, x)?;
-    let live = Some(d.live.as_slice());
+    let (live, topology) = (Some(d.plan.live()), d.plan.topology());
     let (pre_w1, pre_w3, hidden) =
-        expert_hidden(config, weights, d.x_gathered.view(), &d.topology, live)?;
+        expert_hidden(config, weights, d.x_gathered.view(), topology, live)?;
     let y = dsd_live(hidden.view(), weights.w2.view(), live)?;
     let output = d.output(d.combine(y.view(), config.top_k)?);
     let saved = MoeSaved {
@@ -417,11 +401,7 @@ pub fn forward_train<T: Element>(
         x: x.to_owned(),
         logits: d.logits,
         routing: d.routing,
-        tokens_per_expert: d.tokens_per_expert,
-        indices: d.indices,
-        bins: d.bins,
-        padded_bins: d.padded_bins,
-        topology: d.topology,
+        plan: d.plan,
         x_gathered: d.x_gathered,
         pre_w1,
         pre_w3,

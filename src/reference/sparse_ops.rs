@@ -2,10 +2,10 @@
 //! (dense x dense -> sparse), `dsd` (sparse x dense -> dense) and `dds`
 //! (dense x sparse -> dense), with the sparse operand optionally transposed.
 //!
-//! Operands are prepared once per panel ([`crate::reference::operand`]: f32,
-//! or bf16 for the bf16 dot-product kernel), every block product accumulates
-//! in f32 (in the topology's block order, which is fixed), and each output
-//! value is rounded to `T` once on store. Transposed operands are never
+//! Operands are prepared once per panel (f32, or bf16 for the AVX512-BF16
+//! dot-product kernel), every block product accumulates in f32 (in the
+//! topology's block order, which is fixed), and each output value is rounded
+//! to `T` once on store. Transposed operands are never
 //! materialised: the ops walk the topology's transpose metadata.
 
 use std::any::Any;
