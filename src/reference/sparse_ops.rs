@@ -162,14 +162,8 @@ impl<const N: usize> Tiles<N> {
         c: usize,
         live: usize,
     ) -> [&[f32]; N] {
-        for ((tile, copy), b_panels) in self.tiles.iter_mut().zip(&mut self.row_major).zip(b_panels)
-        {
-            multiply(
-                lhs,
-                panel(b_panels, c),
-                tile.slice_mut(s![..live, ..]),
-                false,
-            );
+        self.multiply(lhs, b_panels, c, live);
+        for (tile, copy) in self.tiles.iter_mut().zip(&mut self.row_major) {
             tile.slice_mut(s![live.., ..]).fill(0.0);
             if !tile.is_standard_layout() {
                 copy.assign(tile);
@@ -181,6 +175,37 @@ impl<const N: usize> Tiles<N> {
                 .or(copy.as_slice())
                 .expect("a tile or its row-major copy is contiguous")
         })
+    }
+
+    /// The tiles of [`Tiles::compute`] in their own memory order (the `order`
+    /// of [`Tiles::new`]), with only their first `live` rows meaningful.
+    fn compute_in_order<T: Element>(
+        &mut self,
+        lhs: LhsView,
+        b_panels: &[Vec<Option<Rhs<T>>>; N],
+        c: usize,
+        live: usize,
+    ) -> [&[f32]; N] {
+        self.multiply(lhs, b_panels, c, live);
+        std::array::from_fn(|i| {
+            self.tiles[i]
+                .as_slice_memory_order()
+                .expect("a tile is contiguous")
+        })
+    }
+
+    /// Rows `..live` of each tile = `lhs · op(B_i)`.
+    fn multiply<T: Element>(
+        &mut self,
+        lhs: LhsView,
+        b_panels: &[Vec<Option<Rhs<T>>>; N],
+        c: usize,
+        live: usize,
+    ) {
+        for (tile, b_panels) in self.tiles.iter_mut().zip(b_panels) {
+            let rows = tile.slice_mut(s![..live, ..]);
+            multiply(lhs, panel(b_panels, c), rows, false);
+        }
     }
 }
 
@@ -312,6 +337,10 @@ fn check_dsd<T>((m, n): (usize, usize), transposed: bool, b: ArrayView2<T>) -> R
 /// as it is made, so `S` is never stored whole. The values are those of the
 /// two ops in turn (the same products, accumulated in the same order).
 ///
+/// `store` must work elementwise: it gets the tiles and the block in the
+/// tiles' memory order (column-major where [`lhs_order`] says so), and only
+/// the block's first `live` rows are used.
+///
 /// Errors: [`sdd`]'s for each `b`, then [`dsd`]'s for `w`.
 pub(crate) fn sdd_dsd<T: Element, const N: usize>(
     a: ArrayView2<T>,
@@ -348,8 +377,13 @@ pub(crate) fn sdd_dsd<T: Element, const N: usize>(
                 let lhs = panel(&a_panels, r).view().rows(0..live);
                 let mut acc = ArrayViewMut2::from_shape((bs, h), acc).expect("bs x h chunk");
                 for (i, (_, c)) in row_blocks(topology, r).enumerate() {
-                    store(tiles.compute(lhs, &b_panels, c, live), block);
-                    let block = ArrayView2::from_shape((bs, bs), &block[..]).expect("bs x bs");
+                    // The block is made and used in the tiles' memory order.
+                    store(tiles.compute_in_order(lhs, &b_panels, c, live), block);
+                    let shape = match order {
+                        Order::ColumnMajor => (bs, bs).f(),
+                        Order::AsIs => (bs, bs).into_shape_with_order(),
+                    };
+                    let block = ArrayView2::from_shape(shape, &block[..]).expect("bs x bs");
                     let block = Lhs::new(block.slice_move(s![..live, ..]), Order::AsIs);
                     let rows = acc.slice_mut(s![..live, ..]);
                     multiply(block.view(), panel(&w_panels, c), rows, i > 0);
