@@ -108,7 +108,8 @@ pub(crate) fn sdd_tiles<T: Element, const N: usize>(
             |tiles, ((out, &r), &c)| {
                 let live = live_rows(live, r as usize, bs);
                 let lhs = panel(&a_panels, r as usize).view().rows(0..live);
-                store(tiles.compute(lhs, &b_panels, c as usize, live), out);
+                tiles.multiply(lhs, &b_panels, c as usize, live);
+                store(tiles.row_major(live), out);
             },
         );
     BlockSparse::new(Arc::clone(topology), data)
@@ -152,17 +153,23 @@ impl<const N: usize> Tiles<N> {
         }
     }
 
-    /// The tiles `lhs · op(B_i)` of block column `c`, as row-major `bs * bs`
-    /// slices: `lhs` holds the `live` rows of the block row's panel; the
-    /// tiles' rows past them are zero.
-    fn compute<T: Element>(
+    /// Rows `..live` of each tile = `lhs · op(B_i)` for block column `c`
+    /// (`lhs` holds the `live` rows of the block row's panel).
+    fn multiply<T: Element>(
         &mut self,
         lhs: LhsView,
         b_panels: &[Vec<Option<Rhs<T>>>; N],
         c: usize,
         live: usize,
-    ) -> [&[f32]; N] {
-        self.multiply(lhs, b_panels, c, live);
+    ) {
+        for (tile, b_panels) in self.tiles.iter_mut().zip(b_panels) {
+            let rows = tile.slice_mut(s![..live, ..]);
+            multiply(lhs, panel(b_panels, c), rows, false);
+        }
+    }
+
+    /// The tiles as row-major `bs * bs` slices, their rows past `live` zero.
+    fn row_major(&mut self, live: usize) -> [&[f32]; N] {
         for (tile, copy) in self.tiles.iter_mut().zip(&mut self.row_major) {
             tile.slice_mut(s![live.., ..]).fill(0.0);
             if !tile.is_standard_layout() {
@@ -177,35 +184,14 @@ impl<const N: usize> Tiles<N> {
         })
     }
 
-    /// The tiles of [`Tiles::compute`] in their own memory order (the `order`
-    /// of [`Tiles::new`]), with only their first `live` rows meaningful.
-    fn compute_in_order<T: Element>(
-        &mut self,
-        lhs: LhsView,
-        b_panels: &[Vec<Option<Rhs<T>>>; N],
-        c: usize,
-        live: usize,
-    ) -> [&[f32]; N] {
-        self.multiply(lhs, b_panels, c, live);
+    /// The tiles in their own memory order (the `order` of [`Tiles::new`]),
+    /// only the rows [`Tiles::multiply`] wrote meaningful.
+    fn in_order(&self) -> [&[f32]; N] {
         std::array::from_fn(|i| {
             self.tiles[i]
                 .as_slice_memory_order()
                 .expect("a tile is contiguous")
         })
-    }
-
-    /// Rows `..live` of each tile = `lhs · op(B_i)`.
-    fn multiply<T: Element>(
-        &mut self,
-        lhs: LhsView,
-        b_panels: &[Vec<Option<Rhs<T>>>; N],
-        c: usize,
-        live: usize,
-    ) {
-        for (tile, b_panels) in self.tiles.iter_mut().zip(b_panels) {
-            let rows = tile.slice_mut(s![..live, ..]);
-            multiply(lhs, panel(b_panels, c), rows, false);
-        }
     }
 }
 
@@ -378,7 +364,8 @@ pub(crate) fn sdd_dsd<T: Element, const N: usize>(
                 let mut acc = ArrayViewMut2::from_shape((bs, h), acc).expect("bs x h chunk");
                 for (i, (_, c)) in row_blocks(topology, r).enumerate() {
                     // The block is made and used in the tiles' memory order.
-                    store(tiles.compute_in_order(lhs, &b_panels, c, live), block);
+                    tiles.multiply(lhs, &b_panels, c, live);
+                    store(tiles.in_order(), block);
                     let shape = match order {
                         Order::ColumnMajor => (bs, bs).f(),
                         Order::AsIs => (bs, bs).into_shape_with_order(),
