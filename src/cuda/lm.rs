@@ -115,6 +115,35 @@ fn check_norm(op: &'static str, x: &[usize], weight: &[usize], eps: f32) -> Resu
     Ok((rows, dim))
 }
 
+/// The launch of a row norm (`dl_lm_rms_norm_T`, `dl_lm_layer_norm_T`) over
+/// `[rows, dim]`: a warp a row, several rows a block, up to [`WARP_ROW_MAX`]
+/// columns, else a block a row; 16-byte packs when `dim` holds whole ones.
+struct NormLaunch {
+    rows: i32,
+    dim: i32,
+    rows_per_block: i32,
+    vec: i32,
+    config: LaunchConfig,
+}
+
+impl NormLaunch {
+    /// The launch for `[rows, dim]` of `T` (sizes checked by [`check_norm`]).
+    fn new<T>(rows: usize, dim: usize) -> Self {
+        let rows_per_block = if dim <= WARP_ROW_MAX {
+            THREADS as usize / 32
+        } else {
+            1
+        };
+        NormLaunch {
+            rows: rows as i32,
+            dim: dim as i32,
+            rows_per_block: rows_per_block as i32,
+            vec: packs_fit::<T>(dim) as i32,
+            config: blocks(rows.div_ceil(rows_per_block), 0),
+        }
+    }
+}
+
 /// Checks a RoPE: `x` `[rows, heads * head_dim]`, `positions` `[rows]`,
 /// `head_dim` even, positive and small enough for the cos/sin tables, `theta`
 /// finite and positive. Returns `(rows, cols)`.
@@ -453,30 +482,24 @@ pub fn rms_norm<T: DeviceElement + Element>(
     let (rows, dim) = check_norm("lm::rms_norm", x.shape(), weight.shape(), eps)?;
     let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
     let func = backend.function(LM, &format!("dl_lm_rms_norm_{}", T::SUFFIX))?;
-    let rows_per_block = if dim <= WARP_ROW_MAX {
-        THREADS as usize / 32
-    } else {
-        1
-    };
-    let (rows_i, dim_i, rpb_i) = (rows as i32, dim as i32, rows_per_block as i32);
-    let vec = packs_fit::<T>(dim) as i32;
+    let n = NormLaunch::new::<T>(rows, dim);
     let mut launch = backend.stream().launch_builder(&func);
     launch
         .arg(x.slice())
         .arg(weight.slice())
         .arg(out.slice_mut())
-        .arg(&rows_i)
-        .arg(&dim_i)
+        .arg(&n.rows)
+        .arg(&n.dim)
         .arg(&eps)
-        .arg(&rpb_i)
-        .arg(&vec);
+        .arg(&n.rows_per_block)
+        .arg(&n.vec);
     // SAFETY: dl_lm_rms_norm_T(const T* x, const T* w, T* out, i32 rows,
     // i32 d, float eps, i32 rows_per_block, i32 vec) handles rows
     // blockIdx.x * rows_per_block + warp (< rows, checked in the kernel) or
     // row blockIdx.x (< rows when rows_per_block == 1), reading and writing
     // only columns < d of x and out ([rows, d]) and w ([d], checked). vec only
     // when d is a whole number of 16-byte packs.
-    unsafe { launch.launch(blocks(rows.div_ceil(rows_per_block), 0)) }?;
+    unsafe { launch.launch(n.config) }?;
     Ok(out)
 }
 
@@ -507,31 +530,25 @@ pub fn layer_norm<T: DeviceElement + Element>(
     }
     let mut out = DeviceTensor::<T>::zeros(backend, x.shape())?;
     let func = backend.function(LM, &format!("dl_lm_layer_norm_{}", T::SUFFIX))?;
-    let rows_per_block = if dim <= WARP_ROW_MAX {
-        THREADS as usize / 32
-    } else {
-        1
-    };
-    let (rows_i, dim_i, rpb_i) = (rows as i32, dim as i32, rows_per_block as i32);
-    let vec = packs_fit::<T>(dim) as i32;
+    let n = NormLaunch::new::<T>(rows, dim);
     let mut launch = backend.stream().launch_builder(&func);
     launch
         .arg(x.slice())
         .arg(weight.slice())
         .arg(bias.slice())
         .arg(out.slice_mut())
-        .arg(&rows_i)
-        .arg(&dim_i)
+        .arg(&n.rows)
+        .arg(&n.dim)
         .arg(&eps)
-        .arg(&rpb_i)
-        .arg(&vec);
+        .arg(&n.rows_per_block)
+        .arg(&n.vec);
     // SAFETY: dl_lm_layer_norm_T(const T* x, const T* w, const T* b, T* out,
     // i32 rows, i32 d, float eps, i32 rows_per_block, i32 vec) handles rows
     // blockIdx.x * rows_per_block + warp (< rows, checked in the kernel) or
     // row blockIdx.x (< rows when rows_per_block == 1), reading and writing
     // only columns < d of x and out ([rows, d]), w and b ([d], checked). vec
     // only when d is a whole number of 16-byte packs.
-    unsafe { launch.launch(blocks(rows.div_ceil(rows_per_block), 0)) }?;
+    unsafe { launch.launch(n.config) }?;
     Ok(out)
 }
 

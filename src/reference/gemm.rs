@@ -153,36 +153,29 @@ pub(crate) fn to_f32<T: Element>(x: ArrayView2<'_, T>, order: Order) -> CowArray
 
 /// An f32 copy of `x` in standard layout, converted in parallel over rows.
 pub(crate) fn widen<T: Element>(x: ArrayView2<T>) -> Array2<f32> {
-    let (rows, cols) = x.dim();
-    let mut data = vec![0.0f32; rows * cols];
-    if cols > 0 {
-        data.par_chunks_mut(cols * CONVERT_ROWS)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                for (i, row) in out.chunks_mut(cols).enumerate() {
-                    let src = x.row(chunk * CONVERT_ROWS + i);
-                    row.iter_mut()
-                        .zip(src.iter())
-                        .for_each(|(o, &v)| *o = v.to_f32());
-                }
-            });
-    }
-    Array2::from_shape_vec((rows, cols), data).expect("rows * cols elements")
+    convert(x, T::to_f32)
 }
 
 /// `x` rounded to `T` once, converted in parallel.
 pub(crate) fn narrow<T: Element>(x: ArrayView2<f32>) -> Array2<T> {
+    convert(x, T::from_f32)
+}
+
+/// `f` of every element of `x`, in a standard-layout array, in parallel over
+/// [`CONVERT_ROWS`]-row chunks.
+fn convert<A: Copy + Sync, B: Copy + Default + Send>(
+    x: ArrayView2<A>,
+    f: impl Fn(A) -> B + Sync,
+) -> Array2<B> {
     let (rows, cols) = x.dim();
-    let mut data = vec![T::default(); rows * cols];
+    let mut data = vec![B::default(); rows * cols];
     if cols > 0 {
         data.par_chunks_mut(cols * CONVERT_ROWS)
             .enumerate()
             .for_each(|(chunk, out)| {
                 for (i, row) in out.chunks_mut(cols).enumerate() {
                     let src = x.row(chunk * CONVERT_ROWS + i);
-                    row.iter_mut()
-                        .zip(src.iter())
-                        .for_each(|(o, &v)| *o = T::from_f32(v));
+                    row.iter_mut().zip(src.iter()).for_each(|(o, &v)| *o = f(v));
                 }
             });
     }

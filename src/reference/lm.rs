@@ -46,6 +46,17 @@ pub fn embedding<T: Element>(table: ArrayView2<T>, ids: &[u32]) -> Result<Array2
     Ok(out)
 }
 
+/// A norm's `eps`: finite and `>= 0`, else [`Error::InvalidConfig`].
+fn check_eps(norm: &str, eps: f32) -> Result<()> {
+    if eps >= 0.0 && eps.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{norm} eps must be finite and >= 0, found {eps}"
+        )))
+    }
+}
+
 /// RMSNorm of each row of `x` (`[rows, dim]`): `x * rsqrt(mean(x²) + eps)` in
 /// f32, then times `weight` (`[dim]`), rounded once.
 ///
@@ -63,11 +74,7 @@ pub fn rms_norm<T: Element>(
         x.ncols(),
         weight.len(),
     )?;
-    if !(eps >= 0.0 && eps.is_finite()) {
-        return Err(Error::InvalidConfig(format!(
-            "rms_norm eps must be finite and >= 0, found {eps}"
-        )));
-    }
+    check_eps("rms_norm", eps)?;
     let dim = x.ncols();
     let mut out = Array2::<T>::default(x.dim());
     for (row, mut out_row) in x.rows().into_iter().zip(out.rows_mut()) {
@@ -108,11 +115,7 @@ pub fn layer_norm<T: Element>(
         x.ncols(),
         bias.len(),
     )?;
-    if !(eps >= 0.0 && eps.is_finite()) {
-        return Err(Error::InvalidConfig(format!(
-            "layer_norm eps must be finite and >= 0, found {eps}"
-        )));
-    }
+    check_eps("layer_norm", eps)?;
     let n = x.ncols() as f32;
     let mut out = Array2::<T>::default(x.dim());
     for (row, mut out_row) in x.rows().into_iter().zip(out.rows_mut()) {
