@@ -163,10 +163,27 @@ def scalar_type(ident, sig, body, fns, file_text):
     return "?"
 
 
+def field_type(var, field, body, file_text):
+    """Kind of `&var.field` where `let var = Struct::...` or `Struct { ... }`
+    is in the body and `struct Struct { field: ty, ... }` in the file."""
+    m = re.search(r"let\s+(?:mut\s+)?" + var + r"\s*=\s*(\w+)\s*(?:::|\{)", body)
+    if not m:
+        return "?"
+    decl = re.search(r"struct\s+" + m.group(1) + r"\s*\{", file_text)
+    if not decl:
+        return "?"
+    fields = file_text[decl.end():balanced(file_text, decl.end() - 1)]
+    f = re.search(r"\b" + field + r"\s*:\s*([^,}]+)", fields)
+    return type_kind(f.group(1)) if f else "?"
+
+
 def arg_kinds(expr, sig, body, fns, file_text):
     expr = expr.strip()
     if expr.startswith("&") and re.fullmatch(r"&\w+", expr):
         return scalar_type(expr[1:], sig, body, fns, file_text)
+    m = re.fullmatch(r"&(\w+)\.(\w+)", expr)
+    if m:
+        return field_type(m.group(1), m.group(2), body, file_text)
     return "ptr"
 
 
