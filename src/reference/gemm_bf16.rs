@@ -145,7 +145,7 @@ impl PackedB {
         let (k, n) = b.dim();
         let kp = k.div_ceil(2);
         let np = n.div_ceil(NR);
-        let mut data = vec![Chunk([0; 2 * LANES]); np * kp * NV];
+        let mut data = recycle::take(np * kp * NV);
         if data.is_empty() {
             return PackedB { k, n, kp, np, data };
         }
@@ -159,6 +159,69 @@ impl PackedB {
             pack_rows(&b.as_standard_layout().view(), kp, &mut data);
         }
         PackedB { k, n, kp, np, data }
+    }
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        recycle::give(std::mem::take(&mut self.data));
+    }
+}
+
+/// Freed [`PackedB`] buffers kept for the next packs: every forward packs its
+/// weight panels again, and fresh buffers cost a page fault per 4 KiB (about
+/// a tenth of a bf16 layer forward). At most [`recycle::KEPT_BYTES`] are
+/// kept; what a forward frees beyond that goes back to the allocator.
+mod recycle {
+    use std::sync::{Mutex, PoisonError};
+
+    use super::{Chunk, LANES};
+
+    /// The most bytes of freed buffers kept.
+    pub(super) const KEPT_BYTES: usize = 128 << 20;
+
+    /// The kept buffers and their bytes in all.
+    static KEPT: Mutex<(Vec<Vec<Chunk>>, usize)> = Mutex::new((Vec::new(), 0));
+
+    /// A buffer of `len` zero chunks: the smallest kept one that holds them,
+    /// else a new one.
+    pub(super) fn take(len: usize) -> Vec<Chunk> {
+        let kept = {
+            // A panic elsewhere cannot leave the list inconsistent: each
+            // update below is one push or one remove with its byte count.
+            let mut guard = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+            let (buffers, bytes) = &mut *guard;
+            let best = (0..buffers.len())
+                .filter(|&i| buffers[i].capacity() >= len)
+                .min_by_key(|&i| buffers[i].capacity());
+            best.map(|i| {
+                let v = buffers.swap_remove(i);
+                *bytes -= size_of_buffer(&v);
+                v
+            })
+        };
+        let mut v = kept.unwrap_or_default();
+        v.clear();
+        v.resize(len, Chunk([0; 2 * LANES]));
+        v
+    }
+
+    /// Keeps `v` for a later [`take`] if that stays within [`KEPT_BYTES`].
+    pub(super) fn give(v: Vec<Chunk>) {
+        let size = size_of_buffer(&v);
+        if size == 0 {
+            return;
+        }
+        let mut guard = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let (buffers, bytes) = &mut *guard;
+        if *bytes + size <= KEPT_BYTES {
+            *bytes += size;
+            buffers.push(v);
+        }
+    }
+
+    fn size_of_buffer(v: &Vec<Chunk>) -> usize {
+        v.capacity() * size_of::<Chunk>()
     }
 }
 
@@ -687,6 +750,39 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Packs into recycled buffers (left holding infinities, and larger than
+    /// needed) zero their padding as fresh ones do: the same products, where
+    /// an infinity left in the odd-k padding would make `0 · inf` a NaN.
+    #[test]
+    fn recycled_buffers() {
+        if !available() {
+            return;
+        }
+        for &(m, n, k) in &[(5, 17, 9), (3, 1, 1), (33, 65, 31)] {
+            // A full buffer of infinities, freed into the kept buffers.
+            let inf = Array2::from_elem((2 * k + 2, 2 * n + 64), bf16::INFINITY);
+            drop(PackedB::new(inf.view()));
+            check(
+                m,
+                n,
+                k,
+                Layout::RowMajor,
+                Layout::Transposed,
+                Layout::RowMajor,
+                false,
+            );
+            check(
+                m,
+                n,
+                k,
+                Layout::RowMajor,
+                Layout::RowMajor,
+                Layout::RowMajor,
+                true,
+            );
         }
     }
 

@@ -20,5 +20,6 @@ pub mod router_grad;
 pub mod routing;
 pub mod sparse_ops;
 pub mod stick_breaking;
+mod vectorize;
 
 pub use sparse_ops::{dds, dsd, sdd};

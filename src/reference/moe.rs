@@ -25,6 +25,7 @@ use crate::reference::loss::{load_balancing_loss, router_z_loss};
 use crate::reference::permute::{padded_gather, padded_scatter};
 use crate::reference::routing::{route, Routing};
 use crate::reference::sparse_ops::{dsd_live, sdd_dsd, sdd_live, LiveRows};
+use crate::reference::vectorize::wide;
 use crate::sparse::BlockSparse;
 use crate::topology::Topology;
 
@@ -226,7 +227,9 @@ fn expert_hidden<T: Element>(
 /// The expert output `h · W2` of [`expert_hidden`]'s activations `h`, in
 /// one pass ([`sdd_dsd`]): each block's activation is applied to its f32
 /// tiles as they are computed (the pre-activations rounded to `T` first), so
-/// the values are those of [`expert_hidden`] then `dsd` exactly.
+/// the values are those of [`expert_hidden`] then `dsd` up to the summation
+/// order of the product kernels (the blocks are multiplied in the tiles'
+/// memory order, for which the gemm may pick another kernel).
 fn expert_output<T: Element>(
     config: &MoeConfig,
     weights: &MoeWeights<T>,
@@ -237,9 +240,11 @@ fn expert_output<T: Element>(
     let (w1, w2) = (weights.w1.view(), weights.w2.view());
     match config.mlp {
         MlpKind::Plain => sdd_dsd(x_gathered, [w1], true, w2, topology, live, |[a], out| {
-            out.iter_mut()
-                .zip(a.iter())
-                .for_each(|(o, &a)| *o = T::from_f32(gelu(rounded::<T>(a))));
+            wide(|| {
+                for (o, &a) in out.iter_mut().zip(a) {
+                    *o = T::from_f32(gelu(rounded::<T>(a)));
+                }
+            });
         }),
         MlpKind::Glu => {
             let w3 = require_w3(weights)?.view();
@@ -251,9 +256,11 @@ fn expert_output<T: Element>(
                 topology,
                 live,
                 |[a, b], out| {
-                    for ((o, &a), &b) in out.iter_mut().zip(a.iter()).zip(b.iter()) {
-                        *o = T::from_f32(silu(rounded::<T>(a)) * rounded::<T>(b));
-                    }
+                    wide(|| {
+                        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                            *o = T::from_f32(silu(rounded::<T>(a)) * rounded::<T>(b));
+                        }
+                    });
                 },
             )
         }

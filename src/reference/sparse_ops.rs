@@ -193,6 +193,29 @@ impl<const N: usize> Tiles<N> {
                 .expect("a tile is contiguous")
         })
     }
+
+    /// Hands `store` the tiles' entries of their first `live` rows and the
+    /// same entries of `block` (`bs * bs` values in the tiles' memory
+    /// order), as contiguous runs: one per column of column-major tiles, one
+    /// in all for row-major ones.
+    fn store_live<T>(
+        &self,
+        order: Order,
+        live: usize,
+        block: &mut [T],
+        store: &impl Fn([&[f32]; N], &mut [T]),
+    ) {
+        let bs = self.tiles[0].nrows();
+        let (stride, len) = match order {
+            Order::ColumnMajor => (bs, live),
+            Order::AsIs => (bs * bs, live * bs),
+        };
+        let tiles = self.in_order();
+        for (i, out) in block.chunks_mut(stride).enumerate() {
+            let start = i * stride;
+            store(tiles.map(|t| &t[start..start + len]), &mut out[..len]);
+        }
+    }
 }
 
 /// Checks one `sdd` operand pair against the topology (see [`sdd`]'s errors).
@@ -321,11 +344,15 @@ fn check_dsd<T>((m, n): (usize, usize), transposed: bool, b: ArrayView2<T>) -> R
 /// row's blocks one at a time (the `N` tiles, then `store` writes the
 /// block's `T` values) and multiplies each into that block row of the output
 /// as it is made, so `S` is never stored whole. The values are those of the
-/// two ops in turn (the same products, accumulated in the same order).
+/// two ops in turn (the same products, accumulated block by block in the
+/// same order), up to the summation order inside each product: the blocks
+/// are in the tiles' memory order, for which the gemm may choose another
+/// kernel.
 ///
-/// `store` must work elementwise: it gets the tiles and the block in the
-/// tiles' memory order (column-major where [`lhs_order`] says so), and only
-/// the block's first `live` rows are used.
+/// `store` must work elementwise: it gets runs of the tiles' entries and the
+/// same entries of the block, in the tiles' memory order (column-major where
+/// [`lhs_order`] says so), covering the block's first `live` rows (the only
+/// ones used).
 ///
 /// Errors: [`sdd`]'s for each `b`, then [`dsd`]'s for `w`.
 pub(crate) fn sdd_dsd<T: Element, const N: usize>(
@@ -365,7 +392,7 @@ pub(crate) fn sdd_dsd<T: Element, const N: usize>(
                 for (i, (_, c)) in row_blocks(topology, r).enumerate() {
                     // The block is made and used in the tiles' memory order.
                     tiles.multiply(lhs, &b_panels, c, live);
-                    store(tiles.in_order(), block);
+                    tiles.store_live(order, live, block, &store);
                     let shape = match order {
                         Order::ColumnMajor => (bs, bs).f(),
                         Order::AsIs => (bs, bs).into_shape_with_order(),
