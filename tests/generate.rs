@@ -17,8 +17,14 @@ mod config;
 #[path = "common/decode.rs"]
 mod decode;
 #[allow(dead_code)]
+#[path = "../examples/generate/decoding.rs"]
+mod decoding;
+#[allow(dead_code)]
 #[path = "../examples/generate/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../examples/generate/device.rs"]
+mod device;
 #[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
@@ -48,6 +54,7 @@ use serde_json::{json, Value};
 use checkpoint::Checkpoint;
 use config::ModelConfig;
 use decode::{decode_step_by_step, prompts};
+use decoding::HostModel;
 use model::{KvCache, Model};
 use writer::{fuse_experts, temp_dir, tiny_config, tiny_tensors, write_checkpoint, Tensors, TINY};
 

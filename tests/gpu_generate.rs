@@ -23,6 +23,12 @@ mod config;
 #[path = "common/decode.rs"]
 mod decode;
 #[allow(dead_code)]
+#[path = "../examples/generate/decoding.rs"]
+mod decoding;
+#[allow(dead_code)]
+#[path = "../examples/generate/device.rs"]
+mod device;
+#[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
 #[allow(dead_code)]
@@ -47,6 +53,8 @@ use safetensors::tensor::Dtype;
 use checkpoint::Checkpoint;
 use config::ModelConfig;
 use decode::{decode_step_by_step, prompts, PROMPTS};
+use decoding::HostModel;
+use device::DeviceModel;
 use gpu::{GpuKvCache, GpuModel};
 use model::Model;
 use writer::{temp_dir, tiny_config, tiny_tensors, write_checkpoint, Dims, TINY};

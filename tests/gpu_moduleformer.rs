@@ -23,8 +23,14 @@ mod checkpoint;
 #[path = "../examples/generate/config.rs"]
 mod config;
 #[allow(dead_code)]
+#[path = "../examples/generate/decoding.rs"]
+mod decoding;
+#[allow(dead_code)]
 #[path = "../examples/generate/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../examples/generate/device.rs"]
+mod device;
 #[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
@@ -45,6 +51,8 @@ use dropless::Element;
 use half::bf16;
 use ndarray::{concatenate, s, Array3, Axis};
 
+use decoding::HostModel;
+use device::DeviceModel;
 use moduleformer::config::MolmConfig;
 use moduleformer::gpu::{check_supported, GpuMolmCache, GpuMolmModel};
 use moduleformer::model::MolmModel;

@@ -11,8 +11,14 @@ mod checkpoint;
 #[path = "../examples/generate/config.rs"]
 mod config;
 #[allow(dead_code)]
+#[path = "../examples/generate/decoding.rs"]
+mod decoding;
+#[allow(dead_code)]
 #[path = "../examples/generate/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../examples/generate/device.rs"]
+mod device;
 #[allow(dead_code)]
 #[path = "../examples/generate/error.rs"]
 mod error;
@@ -31,6 +37,7 @@ use ndarray::{concatenate, Array3, Axis};
 use serde_json::Value;
 
 use checkpoint::Checkpoint;
+use decoding::HostModel;
 use moduleformer::config::MolmConfig;
 use moduleformer::model::{MolmCache, MolmModel};
 

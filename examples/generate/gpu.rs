@@ -2,35 +2,24 @@
 //! uploaded once, dense projections through cuBLAS, attention, norms and
 //! RoPE through `dropless::cuda::lm`, every MoE layer through
 //! `dropless::cuda::moe::forward_train`, a device KV cache, and greedy
-//! decoding whose argmax runs on the device: per step only the chosen token
-//! ids come back to the host, and they go straight back in as the next
-//! step's input without a host round trip.
+//! decoding (`device.rs`) whose argmax runs on the device.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use dropless::config::{MoeConfig, MoeWeights};
-use dropless::cuda::gemm::{matmul, matmul_into, GemmElement};
+use dropless::cuda::gemm::{matmul, matmul_into};
 use dropless::cuda::lm::{
-    add, add_bias, argmax_rows, attention_cached, clamp, embedding, rms_norm, rope, sigmoid_scale,
-    silu_mul, take_rows, write_kv,
+    add, add_bias, attention_cached, clamp, embedding, rms_norm, rope, sigmoid_scale, silu_mul,
+    write_kv,
 };
 use dropless::cuda::moe::{forward_train, DeviceMoeWeights};
-use dropless::cuda::sparse_ops::MmaElement;
 use dropless::cuda::{CudaBackend, DeviceTensor};
 use dropless::topology::DEFAULT_BLOCK_SIZE;
-use ndarray::{Array1, Array2, Array3};
 
 use crate::config::{ModelConfig, QkNorm};
+use crate::device::{matrix, vector, CacheFill, DeviceModel, GpuElement};
 use crate::error::{ModelError, Result};
-use crate::model::{
-    Attention, DenseMlp, Ffn, Generation, Layer, Linear, Model, MoeFfn, SharedExpert,
-};
-
-/// An element type the GPU model runs in: bf16 or f16.
-pub trait GpuElement: MmaElement + GemmElement {}
-
-impl<T: MmaElement + GemmElement> GpuElement for T {}
+use crate::model::{Attention, DenseMlp, Ffn, Layer, Linear, Model, MoeFfn, SharedExpert};
 
 /// The block size of the GPU MoE kernels.
 const GPU_BLOCK_SIZE: usize = DEFAULT_BLOCK_SIZE;
@@ -61,25 +50,6 @@ pub fn check_supported(config: &ModelConfig) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Uploads a matrix, consuming the host copy.
-fn matrix<T: GpuElement>(backend: &CudaBackend, a: Array2<T>) -> Result<DeviceTensor<T>> {
-    let shape = [a.nrows(), a.ncols()];
-    let t = match a.as_slice() {
-        Some(data) => DeviceTensor::from_host(backend, &shape, data),
-        None => DeviceTensor::from_array(backend, a.view()),
-    };
-    Ok(t?)
-}
-
-/// Uploads a vector as a `[len]` tensor, consuming the host copy.
-fn vector<T: GpuElement>(backend: &CudaBackend, v: Array1<T>) -> Result<DeviceTensor<T>> {
-    let t = match v.as_slice() {
-        Some(data) => DeviceTensor::from_host(backend, &[data.len()], data),
-        None => DeviceTensor::from_host(backend, &[v.len()], &v.to_vec()),
-    };
-    Ok(t?)
 }
 
 /// A linear layer on the device (`weight` is `[out, in]`).
@@ -254,19 +224,13 @@ impl<T: GpuElement> GpuLayer<T> {
 /// `b * capacity ..`, keys after RoPE.
 pub struct GpuKvCache<T> {
     layers: Vec<(DeviceTensor<T>, DeviceTensor<T>)>,
-    batch: usize,
-    capacity: usize,
-    len: usize,
+    fill: CacheFill,
 }
 
 impl<T: GpuElement> GpuKvCache<T> {
     /// An empty cache for `batch` sequences of up to `capacity` tokens each.
     pub fn new(model: &GpuModel<T>, batch: usize, capacity: usize) -> Result<Self> {
-        if batch == 0 || capacity == 0 {
-            return Err(ModelError::Input(format!(
-                "a KV cache needs at least one sequence of at least one token, found {batch} x {capacity}"
-            )));
-        }
+        let fill = CacheFill::new(batch, capacity)?;
         let c = &model.config;
         let shape = [batch * capacity, c.num_kv_heads * c.head_dim];
         let layers = (0..c.num_layers)
@@ -277,12 +241,7 @@ impl<T: GpuElement> GpuKvCache<T> {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok(GpuKvCache {
-            layers,
-            batch,
-            capacity,
-            len: 0,
-        })
+        Ok(GpuKvCache { layers, fill })
     }
 }
 
@@ -387,10 +346,23 @@ impl<T: GpuElement> GpuModel<T> {
         )?;
         layer.o.forward(b, &out)
     }
+}
 
-    /// The final hidden states (after the last RMSNorm, `[batch * tq,
-    /// hidden]`) of the token ids `ids` (`[batch * tq]` on the device), which
-    /// continue the cached tokens; their keys and values join the cache.
+impl<T: GpuElement> DeviceModel<T> for GpuModel<T> {
+    type Cache = GpuKvCache<T>;
+
+    fn backend(&self) -> &CudaBackend {
+        &self.backend
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn new_cache(&self, batch: usize, capacity: usize) -> Result<GpuKvCache<T>> {
+        GpuKvCache::new(self, batch, capacity)
+    }
+
     fn hidden(
         &self,
         ids: &DeviceTensor<i32>,
@@ -399,19 +371,7 @@ impl<T: GpuElement> GpuModel<T> {
         cache: &mut GpuKvCache<T>,
     ) -> Result<DeviceTensor<T>> {
         let (b, c) = (&*self.backend, &self.config);
-        if cache.batch != batch {
-            return Err(ModelError::Input(format!(
-                "the KV cache holds {} sequences, the batch has {batch}",
-                cache.batch
-            )));
-        }
-        let past = cache.len;
-        if past + tq > cache.capacity {
-            return Err(ModelError::Input(format!(
-                "the KV cache has room for {} tokens per sequence: {past} cached + {tq} new exceed it",
-                cache.capacity
-            )));
-        }
+        let past = cache.fill.room_for(batch, tq)?;
         if let Some(window) = c.sliding_window.filter(|&w| past + tq > w) {
             return Err(ModelError::config(
                 "sliding_window",
@@ -435,132 +395,15 @@ impl<T: GpuElement> GpuModel<T> {
             let f = layer.ffn.forward(b, &h)?;
             x = add(b, &x, &f)?;
         }
-        cache.len += tq;
+        cache.fill.advance(tq);
         Ok(rms_norm(b, &x, &self.norm, c.rms_norm_eps)?)
     }
 
-    /// The LM head on hidden states `[rows, hidden]`: f32 logits `[rows, vocab]`.
     fn logits(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
         let b = &*self.backend;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = DeviceTensor::<f32>::zeros(b, &[x.shape()[0], self.config.vocab_size])?;
         matmul_into(b, x, false, head, true, &mut logits, false)?;
         Ok(logits)
-    }
-
-    /// Checks a batch of equal-length sequences of in-vocabulary ids and
-    /// uploads it flat; returns it with the batch size and length.
-    fn upload_ids(&self, ids: &[Vec<u32>]) -> Result<(DeviceTensor<i32>, usize, usize)> {
-        let batch = ids.len();
-        let tq = ids.first().map_or(0, Vec::len);
-        if batch == 0 || tq == 0 {
-            return Err(ModelError::Input(
-                "the batch needs at least one sequence of at least one token".into(),
-            ));
-        }
-        if let Some(i) = ids.iter().position(|s| s.len() != tq) {
-            return Err(ModelError::Input(format!(
-                "all sequences of a batch must have one length: sequence 0 has {tq} tokens, sequence {i} has {}",
-                ids[i].len()
-            )));
-        }
-        let vocab = self.config.vocab_size;
-        let flat: Vec<i32> = ids
-            .concat()
-            .into_iter()
-            .enumerate()
-            .map(|(i, id)| match i32::try_from(id) {
-                Ok(v) if (id as usize) < vocab => Ok(v),
-                _ => Err(ModelError::Input(format!(
-                    "token id {id} at position {i} is out of range: the vocabulary has {vocab} tokens (ids 0..{vocab})"
-                ))),
-            })
-            .collect::<Result<_>>()?;
-        let dev = DeviceTensor::from_host(&self.backend, &[flat.len()], &flat)?;
-        Ok((dev, batch, tq))
-    }
-
-    /// The forward pass over `ids` (one row per sequence, equal lengths).
-    /// With a cache the tokens continue the cached ones and their keys and
-    /// values are appended to it. Returns the logits `[batch, tokens, vocab]`
-    /// in f32 (the LM head accumulates in f32 and is not rounded to `T`).
-    pub fn forward(
-        &self,
-        ids: &[Vec<u32>],
-        cache: Option<&mut GpuKvCache<T>>,
-    ) -> Result<Array3<f32>> {
-        let (dev_ids, batch, tq) = self.upload_ids(ids)?;
-        let mut own;
-        let cache = match cache {
-            Some(cache) => cache,
-            None => {
-                own = GpuKvCache::new(self, batch, tq)?;
-                &mut own
-            }
-        };
-        let x = self.hidden(&dev_ids, batch, tq, cache)?;
-        let logits = self.logits(&x)?.to_host(&self.backend)?;
-        Array3::from_shape_vec((batch, tq, self.config.vocab_size), logits)
-            .map_err(|e| ModelError::Input(e.to_string()))
-    }
-
-    /// Greedy decoding of `max_new_tokens` tokens after each prompt: one
-    /// prefill over the prompts, then one cached step per token. The argmax
-    /// runs on the device and its ids feed the next step directly; only they
-    /// are copied to the host (which also times each step honestly).
-    pub fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        let b = &*self.backend;
-        let (mut ids, batch, tq) = self.upload_ids(prompts)?;
-        let mut tokens = prompts.to_vec();
-        let (mut prefill_secs, mut decode_secs) = (0.0, 0.0);
-        if max_new_tokens == 0 {
-            return Ok(Generation {
-                tokens,
-                prefill_secs,
-                decode_secs,
-            });
-        }
-        let mut cache = GpuKvCache::new(self, batch, tq + max_new_tokens)?;
-        let last_rows: Vec<i32> = (0..batch)
-            .map(|s| i32::try_from((s + 1) * tq - 1))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| ModelError::Input("the prompt batch exceeds the i32 range".into()))?;
-        let last_rows = DeviceTensor::from_host(b, &[batch], &last_rows)?;
-        let mut step_len = tq;
-        for step in 0..max_new_tokens {
-            let start = Instant::now();
-            let x = self.hidden(&ids, batch, step_len, &mut cache)?;
-            let last = if step_len > 1 {
-                take_rows(b, &x, &last_rows)?
-            } else {
-                x
-            };
-            ids = argmax_rows(b, &self.logits(&last)?)?;
-            let next = ids.to_host(b)?;
-            let elapsed = start.elapsed().as_secs_f64();
-            if step == 0 {
-                prefill_secs = elapsed;
-            } else {
-                decode_secs += elapsed;
-            }
-            for (sequence, (seq, &id)) in tokens.iter_mut().zip(&next).enumerate() {
-                // The device argmax marks a row holding NaN or inf with -1.
-                let id = u32::try_from(id)
-                    .ok()
-                    .filter(|&id| (id as usize) < self.config.vocab_size)
-                    .ok_or_else(|| {
-                        ModelError::Input(format!(
-                            "non-finite logits for sequence {sequence} (device argmax {id}): the weights or the dtype overflowed"
-                        ))
-                    })?;
-                seq.push(id);
-            }
-            step_len = 1;
-        }
-        Ok(Generation {
-            tokens,
-            prefill_secs,
-            decode_secs,
-        })
     }
 }

@@ -13,8 +13,7 @@
 //! random weights) runs; `--demo mixtral-2l` makes it two Mixtral-8x7B-shaped
 //! layers instead, a size that fills a GPU, and `--random-prompt BATCH,LEN`
 //! feeds it deterministic pseudo-random prompts of that shape; `--demo molm` is a
-//! small ModuleFormer-shaped random model (CPU only, as is every ModuleFormer
-//! checkpoint for now). `--prompt-ids` repeats for a batch of equal-length
+//! small ModuleFormer-shaped random model. `--prompt-ids` repeats for a batch of equal-length
 //! sequences; `--prompt` needs `tokenizer.json` in the model folder.
 //! `--device auto` (the default) takes the GPU when one works and the model
 //! fits the GPU kernels (expert FFN a multiple of 128, hidden a multiple of
@@ -27,7 +26,9 @@
 mod checkpoint;
 mod cli;
 mod config;
+mod decoding;
 mod demo;
+mod device;
 mod error;
 mod gpu;
 mod memory;
@@ -53,9 +54,11 @@ use crate::cli::{
     Command, DeviceChoice, USAGE,
 };
 use crate::config::ModelConfig;
+use crate::decoding::{Generation, HostModel};
+use crate::device::{DeviceModel, GpuElement};
 use crate::error::{ModelError, Result};
-use crate::gpu::{GpuElement, GpuModel};
-use crate::model::{Generation, Model};
+use crate::gpu::GpuModel;
+use crate::model::Model;
 use crate::moduleformer::config::{is_moduleformer, MolmConfig};
 use crate::moduleformer::gpu::GpuMolmModel;
 use crate::moduleformer::model::MolmModel;
@@ -147,7 +150,7 @@ impl<T: Element> LanguageModel for Model<T> {
         self.forward(prompts, None)
     }
     fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        Model::generate(self, prompts, max_new_tokens)
+        HostModel::generate(self, prompts, max_new_tokens)
     }
 }
 
@@ -156,7 +159,7 @@ impl<T: Element> LanguageModel for MolmModel<T> {
         self.forward(prompts, None)
     }
     fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        MolmModel::generate(self, prompts, max_new_tokens)
+        HostModel::generate(self, prompts, max_new_tokens)
     }
 }
 
@@ -165,7 +168,7 @@ impl<T: GpuElement> LanguageModel for GpuMolmModel<T> {
         self.forward(prompts, None)
     }
     fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        GpuMolmModel::generate(self, prompts, max_new_tokens)
+        DeviceModel::generate(self, prompts, max_new_tokens)
     }
 }
 
@@ -174,7 +177,7 @@ impl<T: GpuElement> LanguageModel for GpuModel<T> {
         self.forward(prompts, None)
     }
     fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        GpuModel::generate(self, prompts, max_new_tokens)
+        DeviceModel::generate(self, prompts, max_new_tokens)
     }
 }
 

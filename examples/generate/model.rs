@@ -1,10 +1,8 @@
 //! The decoder-only MoE language model on the CPU: weights loaded from a
-//! [`TensorSource`], a forward pass with an optional KV cache, and greedy
-//! generation. Attention, norms and RoPE are `dropless::reference::lm`; every
+//! [`TensorSource`] and a forward pass with an optional KV cache (its
+//! [`HostModel`] impl, which also gives greedy generation). Attention, norms and RoPE are `dropless::reference::lm`; every
 //! MoE layer is `dropless::reference::moe::forward`. The layer structs are
 //! `pub(crate)` so that the GPU model (`gpu.rs`) can take their arrays over.
-
-use std::time::Instant;
 
 use dropless::config::{MlpKind, MoeConfig, MoeWeights};
 use dropless::reference::lm::{self, add, attention, embedding, rms_norm, rope};
@@ -15,6 +13,7 @@ use ndarray::{concatenate, s, Array1, Array2, Array3, Axis};
 
 use crate::checkpoint::TensorSource;
 use crate::config::{Family, ModelConfig, QkNorm};
+use crate::decoding::{batch_shape, HostModel};
 use crate::error::{ModelError, Result};
 
 /// `x · weightᵀ (+ bias)` in f32 (`weight` is `[out, in]`), unrounded.
@@ -152,16 +151,6 @@ impl<T: Element> KvCache<T> {
             len: 0,
         }
     }
-}
-
-/// The result of [`Model::generate`].
-pub struct Generation {
-    /// Per sequence: the prompt, then the generated tokens.
-    pub tokens: Vec<Vec<u32>>,
-    /// Seconds spent on the prompt forward (prefill).
-    pub prefill_secs: f64,
-    /// Seconds spent on the cached decode steps.
-    pub decode_secs: f64,
 }
 
 /// A decoder-only MoE language model with weights of type `T`.
@@ -470,30 +459,22 @@ impl<T: Element> Model<T> {
         )?;
         Ok(attn.o.forward(&out))
     }
+}
+
+impl<T: Element> HostModel for Model<T> {
+    type Cache = KvCache<T>;
+
+    fn empty_cache(&self, batch: usize) -> KvCache<T> {
+        KvCache::new(self, batch)
+    }
 
     /// The forward pass over `ids` (one row per sequence, equal lengths).
     /// With a cache the tokens continue the cached ones (positions from
     /// `cache.len()`) and their keys and values are appended to it. Returns
     /// the logits `[batch, tokens, vocab]` in f32.
-    pub fn forward(
-        &self,
-        ids: &[Vec<u32>],
-        mut cache: Option<&mut KvCache<T>>,
-    ) -> Result<Array3<f32>> {
+    fn forward(&self, ids: &[Vec<u32>], mut cache: Option<&mut KvCache<T>>) -> Result<Array3<f32>> {
         let c = &self.config;
-        let batch = ids.len();
-        let tq = ids.first().map_or(0, Vec::len);
-        if batch == 0 || tq == 0 {
-            return Err(ModelError::Input(
-                "the batch needs at least one sequence of at least one token".into(),
-            ));
-        }
-        if let Some(i) = ids.iter().position(|s| s.len() != tq) {
-            return Err(ModelError::Input(format!(
-                "all sequences of a batch must have one length: sequence 0 has {tq} tokens, sequence {i} has {}",
-                ids[i].len()
-            )));
-        }
+        let (batch, tq) = batch_shape(ids)?;
         let past = match &cache {
             Some(cache) if cache.layers.first().is_some_and(|l| l.len() != batch) => {
                 return Err(ModelError::Input(format!(
@@ -525,52 +506,4 @@ impl<T: Element> Model<T> {
             .into_shape_with_order((batch, tq, c.vocab_size))
             .map_err(|e| ModelError::Input(e.to_string()))
     }
-
-    /// Greedy decoding of `max_new_tokens` tokens after each prompt, with a
-    /// KV cache: one prefill forward over the prompts, then one cached step
-    /// per token.
-    pub fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        let mut tokens = prompts.to_vec();
-        let mut cache = KvCache::new(self, prompts.len());
-        let (mut prefill_secs, mut decode_secs) = (0.0, 0.0);
-        let mut input = prompts.to_vec();
-        for step in 0..max_new_tokens {
-            let start = Instant::now();
-            let logits = self.forward(&input, Some(&mut cache))?;
-            let last = logits.index_axis(Axis(1), logits.dim().1 - 1).to_owned();
-            let elapsed = start.elapsed().as_secs_f64();
-            if step == 0 {
-                prefill_secs = elapsed;
-            } else {
-                decode_secs += elapsed;
-            }
-            input.clear();
-            for (b, row) in last.rows().into_iter().enumerate() {
-                let next = argmax(&row.to_vec(), b)?;
-                tokens[b].push(next);
-                input.push(vec![next]);
-            }
-        }
-        Ok(Generation {
-            tokens,
-            prefill_secs,
-            decode_secs,
-        })
-    }
-}
-
-/// The index of the largest logit (the first on ties).
-pub(crate) fn argmax(row: &[f32], sequence: usize) -> Result<u32> {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if !v.is_finite() {
-            return Err(ModelError::Input(format!(
-                "non-finite logit {v} for token {i} of sequence {sequence}: the weights or the dtype overflowed"
-            )));
-        }
-        if v > row[best] {
-            best = i;
-        }
-    }
-    Ok(best as u32)
 }

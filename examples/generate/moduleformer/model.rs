@@ -6,8 +6,6 @@
 //! the MLP `dropless::reference::moa::moe_mlp` over the whole batch. The
 //! weights are plain arrays so a GPU model can upload them.
 
-use std::time::Instant;
-
 use dropless::reference::lm::{self as lm, add, embedding, linear};
 use dropless::reference::moa::{
     moa_forward, moe_mlp, MoaConfig, MoaWeights, MoeMlpConfig, MoeMlpWeights, Projection, Router,
@@ -17,8 +15,8 @@ use ndarray::{concatenate, s, Array1, Array2, Array3, ArrayView2, Axis};
 
 use super::config::{GateType, MolmConfig};
 use crate::checkpoint::TensorSource;
+use crate::decoding::{batch_shape, HostModel};
 use crate::error::{ModelError, Result};
-use crate::model::{argmax, Generation};
 
 /// IBM's `nn.LayerNorm` default, used whatever `layer_norm_epsilon` says.
 pub const LN_EPS: f32 = 1e-5;
@@ -222,29 +220,25 @@ impl<T: Element> MolmModel<T> {
             config,
         })
     }
+}
+
+impl<T: Element> HostModel for MolmModel<T> {
+    type Cache = MolmCache<T>;
+
+    fn empty_cache(&self, batch: usize) -> MolmCache<T> {
+        MolmCache::new(self, batch)
+    }
 
     /// The forward pass over `ids` (one row per sequence, equal lengths).
     /// With a cache the tokens continue the cached ones and their keys and
     /// values are appended to it. Returns the logits `[batch, tokens, vocab]`.
-    pub fn forward(
+    fn forward(
         &self,
         ids: &[Vec<u32>],
         mut cache: Option<&mut MolmCache<T>>,
     ) -> Result<Array3<f32>> {
         let c = &self.config;
-        let batch = ids.len();
-        let tq = ids.first().map_or(0, Vec::len);
-        if batch == 0 || tq == 0 {
-            return Err(ModelError::Input(
-                "the batch needs at least one sequence of at least one token".into(),
-            ));
-        }
-        if let Some(i) = ids.iter().position(|s| s.len() != tq) {
-            return Err(ModelError::Input(format!(
-                "all sequences of a batch must have one length: sequence 0 has {tq} tokens, sequence {i} has {}",
-                ids[i].len()
-            )));
-        }
+        let (batch, tq) = batch_shape(ids)?;
         if let Some(cache) = &cache {
             if cache.layers.first().is_some_and(|l| l.len() != batch) {
                 return Err(ModelError::Input(format!(
@@ -290,37 +284,6 @@ impl<T: Element> MolmModel<T> {
         logits
             .into_shape_with_order((batch, tq, c.vocab_size))
             .map_err(|e| ModelError::Input(e.to_string()))
-    }
-
-    /// Greedy decoding of `max_new_tokens` tokens after each prompt: one
-    /// cached prefill, then one cached step per token.
-    pub fn generate(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Generation> {
-        let mut tokens = prompts.to_vec();
-        let mut cache = MolmCache::new(self, prompts.len());
-        let (mut prefill_secs, mut decode_secs) = (0.0, 0.0);
-        let mut input = prompts.to_vec();
-        for step in 0..max_new_tokens {
-            let start = Instant::now();
-            let logits = self.forward(&input, Some(&mut cache))?;
-            let last = logits.index_axis(Axis(1), logits.dim().1 - 1).to_owned();
-            let elapsed = start.elapsed().as_secs_f64();
-            if step == 0 {
-                prefill_secs = elapsed;
-            } else {
-                decode_secs += elapsed;
-            }
-            input.clear();
-            for (b, row) in last.rows().into_iter().enumerate() {
-                let next = argmax(&row.to_vec(), b)?;
-                tokens[b].push(next);
-                input.push(vec![next]);
-            }
-        }
-        Ok(Generation {
-            tokens,
-            prefill_secs,
-            decode_secs,
-        })
     }
 }
 
