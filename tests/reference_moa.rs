@@ -139,7 +139,13 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-fn naive_moa(c: &MoaConfig, w: &MoaWeights<f32>, x: &Array2<f32>) -> Array2<f64> {
+/// The layer's output, and beside it the scale of the error that rounding
+/// the intermediates (queries, keys, values, attention output) leaves in each
+/// output: the output projection's sum over the absolute values of its terms,
+/// each attention output taken at the largest value it averages. An output
+/// that cancels (a sum of large terms ending near zero) is held to its terms,
+/// not to its small value.
+fn naive_moa(c: &MoaConfig, w: &MoaWeights<f32>, x: &Array2<f32>) -> (Array2<f64>, Array2<f64>) {
     let (n, hs, nh) = (x.nrows(), c.head_size, c.n_head);
     let rows: Vec<Vec<f64>> = x
         .rows()
@@ -159,7 +165,11 @@ fn naive_moa(c: &MoaConfig, w: &MoaWeights<f32>, x: &Array2<f32>) -> Array2<f64>
         None => (rows.clone(), rows.clone()),
     };
     let mut out = Array2::zeros((n, c.hidden));
+    let mut terms = Array2::zeros((n, c.hidden));
     for t in 0..n {
+        let largest: Vec<f64> = (0..nh * hs)
+            .map(|a| vals[..=t].iter().fold(0.0f64, |m, v| m.max(v[a].abs())))
+            .collect();
         for (e, g) in naive_route(&w.router, &rows[t], c.top_k) {
             let q: Vec<f64> = (0..nh * hs)
                 .map(|a| {
@@ -189,10 +199,14 @@ fn naive_moa(c: &MoaConfig, w: &MoaWeights<f32>, x: &Array2<f32>) -> Array2<f64>
             for o in 0..c.hidden {
                 let p: f64 = (0..nh * hs).map(|a| y[a] * w.o[[e, a, o]] as f64).sum();
                 out[[t, o]] += g * p;
+                let m: f64 = (0..nh * hs)
+                    .map(|a| largest[a] * (w.o[[e, a, o]] as f64).abs())
+                    .sum();
+                terms[[t, o]] += g * m;
             }
         }
     }
-    out
+    (out, terms)
 }
 
 fn assert_close(a: &Array2<f32>, b: &Array2<f64>, tol: f64, what: &str) {
@@ -202,6 +216,18 @@ fn assert_close(a: &Array2<f32>, b: &Array2<f64>, tol: f64, what: &str) {
         assert!(
             (x as f64 - y).abs() <= tol * (y.abs() + scale),
             "{what} at {idx:?}: {x} vs {y}"
+        );
+    }
+}
+
+/// `a` within `tol` of `b` relative to each output's terms (see
+/// [`naive_moa`]).
+fn assert_close_to_terms(a: &Array2<f32>, b: &Array2<f64>, terms: &Array2<f64>, tol: f64) {
+    assert_eq!(a.dim(), b.dim(), "shapes");
+    for (((idx, &x), &y), &m) in a.indexed_iter().zip(b.iter()).zip(terms.iter()) {
+        assert!(
+            (x as f64 - y).abs() <= tol * (y.abs() + m),
+            "moa bf16 at {idx:?}: {x} vs {y} (terms {m})"
         );
     }
 }
@@ -342,7 +368,7 @@ proptest! {
         let (config, weights) = moa_case(&mut rng, hidden, n_head, head_size, experts, k, mlp_gate);
         let x = mat(&mut rng, tokens, hidden, 1.0);
         let full = moa_forward(&config, &weights, x.view(), None).unwrap();
-        assert_close(&full.output, &naive_moa(&config, &weights, &x), 1e-5, "moa");
+        assert_close(&full.output, &naive_moa(&config, &weights, &x).0, 1e-5, "moa");
 
         // Prefill `split` tokens, then decode the rest one at a time.
         let split = ((tokens as f64 * split_frac) as usize).clamp(1, tokens);
@@ -382,8 +408,8 @@ proptest! {
         let (low, back) = moa_bf16(&weights);
         let xb = x.mapv(bf16::from_f32);
         let got = moa_forward(&config, &low, xb.view(), None).unwrap().output.mapv(f32::from);
-        let want = naive_moa(&config, &back, &xb.mapv(f32::from));
-        assert_close(&got, &want, 3e-2, "moa bf16");
+        let (want, terms) = naive_moa(&config, &back, &xb.mapv(f32::from));
+        assert_close_to_terms(&got, &want, &terms, 1e-2);
     }
 }
 
