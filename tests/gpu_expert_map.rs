@@ -4,9 +4,12 @@
 //! token, random gates, some experts left empty, widths that are and are not
 //! multiples of the 128 block), bf16 and f16.
 //!
-//! Tolerance: |got - want| <= tol * max(|want|, 1), tol =
-//! `DType::rel_tolerance()` (f16 5e-3, bf16 1e-2). The expected reduce uses
-//! the per-slot products rounded to the dtype, as the device does.
+//! Tolerance: |got - want| <= tol * max(scale, 1), tol =
+//! `DType::rel_tolerance()` (f16 5e-3, bf16 1e-2). A map output is one
+//! product, so its scale is |want|. A reduce output is the gated sum of the
+//! per-slot products, each rounded to the dtype (the expected values do so
+//! too, as the device does); that rounding is relative to each product, not
+//! to their sum, which may cancel, so its scale is sum_s gate_s * |y_s|.
 
 use std::sync::OnceLock;
 
@@ -50,14 +53,21 @@ fn row_times(x: &Array2<impl Element>, r: usize, w: &Array2<impl Element>, e: us
         .collect()
 }
 
-fn assert_close<T: Element>(got: &Array2<T>, want: &Array2<f32>, what: &str) {
+/// `got` against `want` within the dtype's tolerance of each output's scale
+/// (at least 1).
+fn assert_close<T: Element>(
+    got: &Array2<T>,
+    want: &Array2<f32>,
+    scale: &Array2<f32>,
+    what: &str,
+) {
     assert_eq!(got.dim(), want.dim(), "{what}: shape");
     let tol = T::DTYPE.rel_tolerance();
-    for ((idx, g), &w) in got.indexed_iter().zip(want.iter()) {
+    for (((idx, g), &w), &s) in got.indexed_iter().zip(want.iter()).zip(scale.iter()) {
         let g = g.to_f32();
         assert!(
-            (g - w).abs() <= tol * w.abs().max(1.0),
-            "{what}{idx:?}: got {g}, want {w}"
+            (g - w).abs() <= tol * s.max(1.0),
+            "{what}{idx:?}: got {g}, want {w}, scale {s}"
         );
     }
 }
@@ -110,14 +120,20 @@ fn check<T: MmaElement>(
                 .assign(&ndarray::Array1::from(row));
         }
     }
-    assert_close(&got_map, &want_map, "map");
+    let map_scale = want_map.mapv(f32::abs);
+    assert_close(&got_map, &want_map, &map_scale, "map");
     let w3 = w
         .view()
         .into_shape_with_order((experts, width, out))
         .unwrap();
     let ref_plan = reference::ExpertPlan::new(ids.view(), experts, out, 128).unwrap();
     let ref_map = reference::map(&ref_plan, x.view(), w3).unwrap();
-    assert_close(&got_map, &ref_map.mapv(|v| v.to_f32()), "map vs reference");
+    assert_close(
+        &got_map,
+        &ref_map.mapv(|v| v.to_f32()),
+        &map_scale,
+        "map vs reference",
+    );
 
     let v_dev = upload_expert_weights(
         backend(),
@@ -132,15 +148,17 @@ fn check<T: MmaElement>(
         .to_array2(backend())
         .unwrap();
     let mut want_reduce = Array2::<f32>::zeros((tokens, out));
+    let mut reduce_scale = Array2::<f32>::zeros((tokens, out));
     for t in 0..tokens {
         for s in 0..k {
             let row = row_times(&h, t * k + s, &v, ids[[t, s]] as usize);
             for (c, y) in row.into_iter().enumerate() {
                 want_reduce[[t, c]] += gates[[t, s]] * T::from_f32(y).to_f32();
+                reduce_scale[[t, c]] += gates[[t, s]] * y.abs();
             }
         }
     }
-    assert_close(&got_reduce, &want_reduce, "reduce");
+    assert_close(&got_reduce, &want_reduce, &reduce_scale, "reduce");
     let v3 = v
         .view()
         .into_shape_with_order((experts, width, out))
@@ -150,6 +168,7 @@ fn check<T: MmaElement>(
     assert_close(
         &got_reduce,
         &ref_reduce.mapv(|v| v.to_f32()),
+        &reduce_scale,
         "reduce vs reference",
     );
 }
@@ -173,6 +192,10 @@ fn cases<T: MmaElement>() {
             },
         )
         .unwrap();
+    // Failed in CI at tol * max(|want|, 1) (reduce vs reference at (35, 168):
+    // -2.766 against -2.797): slot products that cancel, each rounded to
+    // bf16 by the device and by the reference.
+    check::<T>(36, 2, 4, 3, 256, 192, 2036855938501057105);
     // MoLM-shaped routing: 2 of 16 experts.
     check::<T>(40, 2, 16, 16, 128, 128, 7);
     // The --demo molm widths: att_hidden 64 (reduce in), n_embd 128.
