@@ -55,12 +55,7 @@ fn row_times(x: &Array2<impl Element>, r: usize, w: &Array2<impl Element>, e: us
 
 /// `got` against `want` within the dtype's tolerance of each output's scale
 /// (at least 1).
-fn assert_close<T: Element>(
-    got: &Array2<T>,
-    want: &Array2<f32>,
-    scale: &Array2<f32>,
-    what: &str,
-) {
+fn assert_close<T: Element>(got: &Array2<T>, want: &Array2<f32>, scale: &Array2<f32>, what: &str) {
     assert_eq!(got.dim(), want.dim(), "{what}: shape");
     let tol = T::DTYPE.rel_tolerance();
     for (((idx, g), &w), &s) in got.indexed_iter().zip(want.iter()).zip(scale.iter()) {
