@@ -50,21 +50,48 @@ fn assert_close<T: Element>(got: ArrayView2<T>, want: ArrayView2<f32>, tol: f32,
     }
 }
 
-/// One token's expert MLP output, computed directly in f32 (no rounding).
-fn naive_expert(config: &MoeConfig, w: &MoeWeights<f32>, e: usize, x: &[f32]) -> Vec<f32> {
+/// One token's expert MLP output, computed directly in f32 (no rounding), and
+/// each output's terms: `sum_r |w2[r, c]| (|act_r| + d_r)`, `d_r` a bound on
+/// how far `act_r` moves with its projections' rounding (each within
+/// f32's tolerance of the sum of its terms' magnitudes), so that outputs
+/// that cancel to far below their terms are compared at the terms' scale.
+fn naive_expert(
+    config: &MoeConfig,
+    w: &MoeWeights<f32>,
+    e: usize,
+    x: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     let f = config.ffn;
-    let project = |m: &Array2<f32>, r: usize| -> f32 {
-        m.row(e * f + r).iter().zip(x).map(|(a, b)| a * b).sum()
+    // A projection and the sum of its terms' magnitudes.
+    let project = |m: &Array2<f32>, r: usize| -> (f32, f32) {
+        let row = m.row(e * f + r);
+        let value = row.iter().zip(x).map(|(a, b)| a * b).sum();
+        (value, row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum())
     };
-    let act: Vec<f32> = (0..f)
-        .map(|r| match config.mlp {
-            MlpKind::Plain => gelu(project(&w.w1, r)),
-            MlpKind::Glu => silu(project(&w.w1, r)) * project(w.w3.as_ref().unwrap(), r),
+    // |gelu'| and |silu'| stay below 1.2.
+    let (act, spread): (Vec<f32>, Vec<f32>) = (0..f)
+        .map(|r| {
+            let (g, g_terms) = project(&w.w1, r);
+            match config.mlp {
+                MlpKind::Plain => (gelu(g), 1.2 * g_terms),
+                MlpKind::Glu => {
+                    let (u, u_terms) = project(w.w3.as_ref().unwrap(), r);
+                    let a = silu(g) * u;
+                    (a, 1.2 * g_terms * u.abs() + silu(g).abs() * u_terms)
+                }
+            }
         })
-        .collect();
+        .unzip();
     (0..config.hidden)
-        .map(|c| (0..f).map(|r| act[r] * w.w2[[e * f + r, c]]).sum())
-        .collect()
+        .map(|c| {
+            let w2 = |r: usize| w.w2[[e * f + r, c]];
+            let y: f32 = (0..f).map(|r| act[r] * w2(r)).sum();
+            let terms: f32 = (0..f)
+                .map(|r| w2(r).abs() * (act[r].abs() + spread[r]))
+                .sum();
+            (y, terms)
+        })
+        .unzip()
 }
 
 /// The admitted flags of each assignment `[tokens, top_k]`, counted per
@@ -81,28 +108,55 @@ fn admitted(routing: &Routing, experts: usize, capacity: usize) -> (Array2<bool>
 }
 
 /// The capacity MoE from scratch: per token, the sum over its admitted
-/// choices of weight times the naive expert MLP.
+/// choices of weight times the naive expert MLP; and the same sum of the
+/// outputs' terms (see [`naive_expert`]).
 fn naive_capacity(
     config: &MoeConfig,
     w: &MoeWeights<f32>,
     x: ArrayView2<f32>,
     routing: &Routing,
     flags: &Array2<bool>,
-) -> Array2<f32> {
+) -> (Array2<f32>, Array2<f32>) {
     let mut out = Array2::<f32>::zeros((x.nrows(), config.hidden));
+    let mut terms = out.clone();
     for t in 0..x.nrows() {
         let row: Vec<f32> = x.row(t).to_vec();
         for j in 0..config.top_k {
             if flags[[t, j]] {
                 let e = routing.expert_ids[[t, j]] as usize;
-                let y = naive_expert(config, w, e, &row);
-                for (o, v) in out.row_mut(t).iter_mut().zip(y) {
-                    *o += routing.weights[[t, j]] * v;
+                let weight = routing.weights[[t, j]];
+                let (y, y_terms) = naive_expert(config, w, e, &row);
+                for ((o, v), (s, m)) in out
+                    .row_mut(t)
+                    .iter_mut()
+                    .zip(y)
+                    .zip(terms.row_mut(t).iter_mut().zip(y_terms))
+                {
+                    *o += weight * v;
+                    *s += weight * m;
                 }
             }
         }
     }
-    out
+    (out, terms)
+}
+
+/// Asserts `|got - want| <= tol * terms` elementwise (f32 outputs whose
+/// terms [`naive_capacity`] gives).
+fn assert_close_to_terms(
+    got: ArrayView2<f32>,
+    want: ArrayView2<f32>,
+    terms: ArrayView2<f32>,
+    tol: f32,
+    what: &str,
+) {
+    assert_eq!(got.dim(), want.dim(), "{what}: shapes");
+    for (((idx, &g), &w), &m) in got.indexed_iter().zip(want.iter()).zip(terms.iter()) {
+        assert!(
+            (g - w).abs() <= tol * m,
+            "{what}{idx:?}: got {g}, want {w} (terms {m})"
+        );
+    }
 }
 
 /// (experts, top_k, tokens, hidden, glu, renormalize, seed).
@@ -139,12 +193,14 @@ proptest! {
         let w = MoeWeights::<f32>::random(&cfg, seed).unwrap();
         let x = random_matrix::<f32>(seed ^ 0x5eed, tokens, hidden);
         let dropless = moe::forward(&cfg, &w, x.view()).unwrap();
+        let every = Array2::from_elem(dropless.routing.expert_ids.dim(), true);
+        let (_, terms) = naive_capacity(&cfg, &w, x.view(), &dropless.routing, &every);
         for cf in [experts as f32 / top_k as f32, experts as f32 * 1.5] {
             let got = forward(&cfg, &w, x.view(), cf).unwrap();
             prop_assert!(got.capacity >= tokens, "capacity {} < tokens {tokens}", got.capacity);
             prop_assert_eq!(got.dropped_fraction, 0.0);
             prop_assert_eq!(&got.tokens_per_expert, &dropless.tokens_per_expert);
-            assert_close(got.output.view(), dropless.output.view(), 1e-5, "output");
+            assert_close_to_terms(got.output.view(), dropless.output.view(), terms.view(), 1e-5, "output");
         }
     }
 
@@ -166,8 +222,8 @@ proptest! {
         prop_assert_eq!(capacity as f64, want_capacity);
         let (flags, dropped) = admitted(&routing, experts, capacity);
         prop_assert_eq!(got.dropped_fraction, dropped as f32 / (tokens * top_k) as f32);
-        let want = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
-        assert_close(got.output.view(), want.view(), 1e-5, "output");
+        let (want, terms) = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
+        assert_close_to_terms(got.output.view(), want.view(), terms.view(), 1e-5, "output");
         for t in 0..tokens {
             if flags.row(t).iter().all(|&ok| !ok) {
                 prop_assert!(got.output.row(t).iter().all(|&v| v == 0.0), "token {t} dropped entirely");
@@ -194,8 +250,8 @@ fn priority_is_token_order() {
     assert_eq!(got.tokens_per_expert.to_vec(), vec![2, 2]);
     assert!(got.output.row(1).iter().all(|&v| v == 0.0));
     let flags = array![[true, true], [false, false]];
-    let want = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
-    assert_close(got.output.view(), want.view(), 1e-5, "output");
+    let (want, terms) = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
+    assert_close_to_terms(got.output.view(), want.view(), terms.view(), 1e-5, "output");
 }
 
 /// One expert overflows: the later tokens routed to it are dropped, the
@@ -215,8 +271,8 @@ fn overflow_drops_later_tokens() {
     assert_eq!(got.dropped_fraction, 0.25);
     assert!(got.output.row(3).iter().all(|&v| v == 0.0));
     let flags = array![[true], [true], [true], [false]];
-    let want = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
-    assert_close(got.output.view(), want.view(), 1e-5, "output");
+    let (want, terms) = naive_capacity(&cfg, &w, x.view(), &routing, &flags);
+    assert_close_to_terms(got.output.view(), want.view(), terms.view(), 1e-5, "output");
 }
 
 /// bf16 operands: with enough capacity the baseline matches the dropless
