@@ -7,6 +7,9 @@
 //! contiguous. Everything here is single-threaded: callers parallelise over
 //! independent products.
 //!
+//! On CPUs with AMX-BF16 (and Linux's permission for it), products whose k is a
+//! multiple of 32 take the [`amx`] tile kernel over the same packed `B` instead.
+//!
 //! Numerics: every bf16 product is exact in f32 and is accumulated in f32, two
 //! k-values per instruction, so results match an f32 loop up to summation order.
 //! `vdpbf16ps` ignores MXCSR: it treats denormal inputs as zero, flushes denormal
@@ -14,6 +17,9 @@
 
 use half::bf16;
 use ndarray::{ArrayView2, ArrayViewMut2};
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 
 /// f32 lanes (and bf16 column pairs) in one 512-bit register.
 const LANES: usize = 16;
@@ -112,6 +118,48 @@ pub fn available() -> bool {
     }
 }
 
+/// The kernels [`gemm`] chooses between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `vdpbf16ps` in 6 x 64 register tiles: any shape.
+    Dot,
+    /// AMX `tdpbf16ps` in 16 x 16 tiles: k a multiple of 32.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    Amx,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    const ALL: &[Kernel] = &[
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Kernel::Amx,
+        Kernel::Dot,
+    ];
+
+    /// Whether this CPU runs this kernel for products of inner size `k`.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        allow(unused_variables)
+    )]
+    fn runs(self, k: usize) -> bool {
+        match self {
+            Kernel::Dot => available(),
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            Kernel::Amx => available() && amx::fits(k) && amx::available(),
+        }
+    }
+
+    /// The fastest kernel this CPU runs for inner size `k` ([`Kernel::Dot`]
+    /// when it runs none).
+    fn best(k: usize) -> Kernel {
+        Kernel::ALL
+            .iter()
+            .copied()
+            .find(|kernel| kernel.runs(k))
+            .unwrap_or(Kernel::Dot)
+    }
+}
+
 /// One 512-bit load of a packed panel row: `LANES` columns × one k-pair, as bf16 bits.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -158,7 +206,35 @@ impl PackedB {
         } else {
             pack_rows(&b.as_standard_layout().view(), kp, &mut data);
         }
+        zero_padding(&mut data, k, n, kp);
         PackedB { k, n, kp, np, data }
+    }
+}
+
+/// Zeroes the chunk entries that the packers leave as they were (a
+/// recycled buffer holds old values): the lanes past column n of the last
+/// column group, the column groups past it in the last panel, and the
+/// second value of the last k-pair when k is odd. `data` is `[np][kp][NV]`
+/// chunks for `k, n >= 1`.
+fn zero_padding(data: &mut [Chunk], k: usize, n: usize, kp: usize) {
+    let groups = n.div_ceil(LANES);
+    for g in groups - 1..n.div_ceil(NR) * NV {
+        let first = n.saturating_sub(g * LANES).min(LANES);
+        if first == LANES {
+            continue;
+        }
+        for p in 0..kp {
+            data[(g / NV * kp + p) * NV + g % NV].0[2 * first..].fill(0);
+        }
+    }
+    if k % 2 == 1 {
+        for chunk in data.chunks_exact_mut(kp * NV) {
+            for c in &mut chunk[(kp - 1) * NV..] {
+                for pair in c.0.as_chunks_mut::<2>().0 {
+                    pair[1] = 0;
+                }
+            }
+        }
     }
 }
 
@@ -171,7 +247,9 @@ impl Drop for PackedB {
 /// Freed [`PackedB`] buffers kept for the next packs: every forward packs its
 /// weight panels again, and fresh buffers cost a page fault per 4 KiB (about
 /// a tenth of a bf16 layer forward). At most [`recycle::KEPT_BYTES`] are
-/// kept; what a forward frees beyond that goes back to the allocator.
+/// kept; what a forward frees beyond that goes back to the allocator. A
+/// recycled buffer is not cleared (the packers write every entry and
+/// [`zero_padding`] the rest), which saves writing it twice.
 mod recycle {
     use std::sync::{Mutex, PoisonError};
 
@@ -183,8 +261,9 @@ mod recycle {
     /// The kept buffers and their bytes in all.
     static KEPT: Mutex<(Vec<Vec<Chunk>>, usize)> = Mutex::new((Vec::new(), 0));
 
-    /// A buffer of `len` zero chunks: the smallest kept one that holds them,
-    /// else a new one.
+    /// A buffer of `len` chunks: the smallest kept one that holds them, with
+    /// whatever values it held (zeros past its old length), else a new
+    /// zeroed one.
     pub(super) fn take(len: usize) -> Vec<Chunk> {
         let kept = {
             // A panic elsewhere cannot leave the list inconsistent: each
@@ -201,7 +280,7 @@ mod recycle {
             })
         };
         let mut v = kept.unwrap_or_default();
-        v.clear();
+        v.truncate(len);
         v.resize(len, Chunk([0; 2 * LANES]));
         v
     }
@@ -238,7 +317,19 @@ mod recycle {
 /// # Panics
 /// If `a.ncols()` is not the packed k, `c.nrows() != a.nrows()` or `c.ncols()` is not the packed n, and if
 /// the product has work to do but [`available()`] is false.
-pub fn gemm(a: ArrayView2<bf16>, b: &PackedB, mut c: ArrayViewMut2<f32>, accumulate: bool) {
+pub fn gemm(a: ArrayView2<bf16>, b: &PackedB, c: ArrayViewMut2<f32>, accumulate: bool) {
+    gemm_on(Kernel::best(a.ncols()), a, b, c, accumulate);
+}
+
+/// [`gemm`] on `kernel`, which this CPU must run for this k
+/// ([`Kernel::runs`]) when the product has work to do.
+fn gemm_on(
+    kernel: Kernel,
+    a: ArrayView2<bf16>,
+    b: &PackedB,
+    mut c: ArrayViewMut2<f32>,
+    accumulate: bool,
+) {
     let (m, k) = a.dim();
     assert_eq!(k, b.k, "gemm_bf16: a is [{m}, {k}] but B has k = {}", b.k);
     assert_eq!(
@@ -261,11 +352,21 @@ pub fn gemm(a: ArrayView2<bf16>, b: &PackedB, mut c: ArrayViewMut2<f32>, accumul
         available(),
         "gemm_bf16: this CPU lacks avx512f + avx512bf16"
     );
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` just confirmed avx512f and avx512bf16, and the shapes
-    // were checked above (m, n, k >= 1 and consistent).
-    unsafe {
-        x86::gemm_impl(a, b, c, accumulate);
+    assert!(
+        kernel.runs(k),
+        "gemm_bf16: this CPU does not run {kernel:?} for k = {k}"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` just confirmed avx512f and avx512bf16, and the
+        // shapes were checked above (m, n, k >= 1 and consistent).
+        Kernel::Dot => unsafe { x86::gemm_impl(a, b, c, accumulate) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Dot => unreachable!("available() is false off x86-64"),
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        // SAFETY: `kernel.runs(k)` means `amx::available()` and
+        // `amx::fits(k)`, and the shapes were checked above.
+        Kernel::Amx => unsafe { amx::gemm_impl(a, b, c, accumulate) },
     }
 }
 
@@ -570,7 +671,7 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use super::{available, gemm, PackedB};
+    use super::{available, gemm, gemm_on, recycle, Chunk, Kernel, PackedB, LANES, NR, NV};
     use half::bf16;
     use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 
@@ -648,7 +749,8 @@ mod tests {
         }
     }
 
-    /// Checks `gemm` against an f64 reference for one shape and set of layouts.
+    /// Checks the product on every kernel this CPU runs for `k` against an
+    /// f64 reference, for one shape and set of layouts.
     fn check(m: usize, n: usize, k: usize, la: Layout, lb: Layout, lc: Layout, accumulate: bool) {
         let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (m * 1_000_003 + n * 1009 + k) as u64);
         let a = rng.bf16(m, k);
@@ -657,16 +759,33 @@ mod tests {
 
         let a_buf = store(&a, la);
         let b_buf = store(&b, lb);
-        let mut c_buf = store(&c0, lc);
         let packed = PackedB::new(view(&b_buf, lb));
         assert_eq!((packed.k, packed.n), (k, n));
-        gemm(
-            view(&a_buf, la),
-            &packed,
-            view_mut(&mut c_buf, lc),
-            accumulate,
-        );
-        let c = view(&c_buf, lc);
+        for &kernel in Kernel::ALL.iter().filter(|kernel| kernel.runs(k)) {
+            let mut c_buf = store(&c0, lc);
+            gemm_on(
+                kernel,
+                view(&a_buf, la),
+                &packed,
+                view_mut(&mut c_buf, lc),
+                accumulate,
+            );
+            check_product(&a, &b, &c0, &c_buf, lc, accumulate, kernel);
+        }
+    }
+
+    /// `c_buf` (in `lc`) against `a · b` (`+ c0` when `accumulate`) in f64.
+    fn check_product(
+        a: &Array2<bf16>,
+        b: &Array2<bf16>,
+        c0: &Array2<f32>,
+        c_buf: &Array2<f32>,
+        lc: Layout,
+        accumulate: bool,
+        kernel: Kernel,
+    ) {
+        let ((m, k), n) = (a.dim(), b.ncols());
+        let c = view(c_buf, lc);
         // Untouched padding of the strided buffer stays zero.
         if let Layout::Strided = lc {
             assert!(c_buf.slice(s![.., 1..;2]).iter().all(|&x| x == 0.0));
@@ -689,7 +808,7 @@ mod tests {
                 let got = f64::from(c[[i, j]]);
                 assert!(
                     (got - sum).abs() <= 1e-5 * mag,
-                    "m={m} n={n} k={k} a={la:?} b={lb:?} c={lc:?} acc={accumulate}: \
+                    "{kernel:?} m={m} n={n} k={k} c={lc:?} acc={accumulate}: \
                      c[{i},{j}] = {got}, want {sum}"
                 );
             }
@@ -753,36 +872,26 @@ mod tests {
         }
     }
 
-    /// Packs into recycled buffers (left holding infinities, and larger than
-    /// needed) zero their padding as fresh ones do: the same products, where
-    /// an infinity left in the odd-k padding would make `0 · inf` a NaN.
+    /// Packs into recycled buffers, which are not cleared: a buffer left full
+    /// of NaNs, of exactly the length the next pack takes, gives the same
+    /// products (a NaN left in the odd-k padding would poison a row).
     #[test]
     fn recycled_buffers() {
         if !available() {
             return;
         }
-        for &(m, n, k) in &[(5, 17, 9), (3, 1, 1), (33, 65, 31)] {
-            // A full buffer of infinities, freed into the kept buffers.
-            let inf = Array2::from_elem((2 * k + 2, 2 * n + 64), bf16::INFINITY);
-            drop(PackedB::new(inf.view()));
-            check(
-                m,
-                n,
-                k,
-                Layout::RowMajor,
-                Layout::Transposed,
-                Layout::RowMajor,
-                false,
-            );
-            check(
-                m,
-                n,
-                k,
-                Layout::RowMajor,
-                Layout::RowMajor,
-                Layout::RowMajor,
-                true,
-            );
+        for &(m, n, k) in &[
+            (5usize, 17usize, 9usize),
+            (3, 1, 1),
+            (33, 65, 31),
+            (35, 17, 64),
+            (2, 70, 33),
+        ] {
+            for (lb, accumulate) in [(Layout::Transposed, false), (Layout::RowMajor, true)] {
+                let len = n.div_ceil(NR) * k.div_ceil(2) * NV;
+                recycle::give(vec![Chunk([u16::MAX; 2 * LANES]); len]);
+                check(m, n, k, Layout::RowMajor, lb, Layout::RowMajor, accumulate);
+            }
         }
     }
 
@@ -797,6 +906,8 @@ mod tests {
             (100, 130, 1100),
             (130, 257, 1023),
             (6, 2048, 300),
+            (131, 97, 1024),
+            (64, 1030, 2048),
         ] {
             for la in [Layout::RowMajor, Layout::Strided] {
                 for accumulate in [false, true] {
@@ -832,20 +943,39 @@ mod tests {
         let mut rng = Rng(7);
         let wide = rng.bf16(129, 300);
         let w = rng.bf16(77, 300);
-        for (k0, k1) in [(0, 128), (128, 256), (5, 138), (299, 300)] {
+        for (k0, k1) in [(0, 128), (128, 256), (5, 138), (299, 300), (3, 35)] {
             let a = wide.slice(s![.., k0..k1]);
             let b = w.slice(s![.., k0..k1]);
             let packed = PackedB::new(b.t());
-            let mut c = Array2::<f32>::zeros((129, 77));
-            gemm(a, &packed, c.view_mut(), false);
             let af = a.mapv(|x| f64::from(x.to_f32()));
             let bf = b.mapv(|x| f64::from(x.to_f32()));
             let want = af.dot(&bf.t());
             let mag = af.mapv(f64::abs).dot(&bf.t().mapv(f64::abs));
-            for ((&got, &w), &s) in c.iter().zip(&want).zip(&mag) {
-                assert!((f64::from(got) - w).abs() <= 1e-5 * s, "{got} vs {w}");
+            for &kernel in Kernel::ALL.iter().filter(|kernel| kernel.runs(k1 - k0)) {
+                let mut c = Array2::<f32>::zeros((129, 77));
+                gemm_on(kernel, a, &packed, c.view_mut(), false);
+                for ((&got, &w), &s) in c.iter().zip(&want).zip(&mag) {
+                    assert!(
+                        (f64::from(got) - w).abs() <= 1e-5 * s,
+                        "{kernel:?}: {got} vs {w}"
+                    );
+                }
             }
         }
+    }
+
+    /// Products whose k is whole AMX tiles take the AMX kernel where the
+    /// CPU runs it, the others the `vdpbf16ps` one.
+    #[test]
+    fn kernel_choice() {
+        if !available() {
+            return;
+        }
+        assert_eq!(Kernel::best(33), Kernel::Dot);
+        let tiles = Kernel::ALL
+            .iter()
+            .any(|kernel| *kernel != Kernel::Dot && kernel.runs(64));
+        assert_eq!(Kernel::best(64) != Kernel::Dot, tiles);
     }
 
     /// m, n or k of zero: no-op, except k = 0 without accumulate zeroes `c`.

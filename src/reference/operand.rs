@@ -5,9 +5,10 @@
 //! f32 and f16 operands are f32 (views of f32 operands, widened copies of
 //! f16 ones) and multiply on the `gemm` crate. bf16 operands on a CPU with
 //! AVX512-BF16 stay bf16: left operands as stored, right operands packed for
-//! [`gemm_bf16`]'s dot-product kernel. A bf16 or f16 right operand that
-//! only few left rows use (a decode step) is read as stored
-//! ([`few_rows`]). f32 accumulation on every path.
+//! [`gemm_bf16`] (its `vdpbf16ps` kernel, or its AMX tiles where the CPU
+//! has them). A bf16 or f16 right operand that only few left rows use (a
+//! decode step) is read as stored ([`few_rows`]). f32 accumulation on every
+//! path.
 
 use std::ops::Range;
 
